@@ -1,0 +1,133 @@
+"""Grouped-query attention with a choice of kernel.
+
+Kernels, picked by `ModelConfig.attention`:
+- `xla`: plain einsum + float32 softmax; the reference, runs everywhere.
+- `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`, fused on NVIDIA GPUs
+  (bf16/fp16 only). Packed rows use a dense segment mask.
+- `splash`: the Pallas splash-attention kernel for TPUs (segment ids handled natively).
+- `auto`: cudnn on GPU with a 16-bit dtype, splash on TPU, xla otherwise.
+
+All kernels implement the same mask: causal, restricted to the token's own segment (packed rows),
+and, with a sliding window w, to the last w positions including itself (Mistral).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lepjax.models.config import ModelConfig
+from lepjax.models.layers import apply_rope, param, rope_inv_freq
+from lepjax.parallel import constrain
+
+
+def resolve_implementation(name: str, dtype: str, platform: str | None = None) -> str:
+    """The kernel `auto` stands for on this platform; other names are returned as given."""
+    if name != "auto":
+        return name
+    platform = platform or jax.default_backend()
+    if platform == "gpu" and jnp.dtype(dtype).itemsize == 2:
+        return "cudnn"
+    if platform == "tpu":
+        return "splash"
+    return "xla"
+
+
+def attention_mask(
+    segment_ids: jax.Array | None, length: int, sliding_window: int | None, batch: int = 1
+) -> jax.Array:
+    """Boolean mask [batch, q, kv]: causal, same segment, within the sliding window."""
+    q = jnp.arange(length)[:, None]
+    k = jnp.arange(length)[None, :]
+    mask = k <= q
+    if sliding_window is not None:
+        mask &= k > q - sliding_window
+    mask = jnp.broadcast_to(mask, (batch, length, length))
+    if segment_ids is not None:
+        mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    return mask
+
+
+def xla_attention(q, k, v, segment_ids, sliding_window):
+    """Reference attention. q: [b, t, h, d]; k, v: [b, t, kv, d] -> [b, t, h, d]."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    logits = logits * (d**-0.5)
+    mask = attention_mask(segment_ids, t, sliding_window, b)[:, None, None]
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+def cudnn_attention(q, k, v, segment_ids, sliding_window):
+    """cuDNN fused attention (GPU). Same contract as `xla_attention`."""
+    mask = None
+    if segment_ids is not None:
+        mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+    window = None if sliding_window is None else (sliding_window - 1, 0)
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=True, local_window_size=window, implementation="cudnn")
+
+
+def splash_attention(q, k, v, segment_ids, sliding_window, interpret: bool = False):
+    """Pallas splash attention (TPU; `interpret=True` runs it anywhere, slowly, for tests)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, t, h, d = q.shape
+    if sliding_window is None:
+        head_mask = sm.CausalMask((t, t))
+    else:
+        head_mask = sm.LocalMask((t, t), window_size=(sliding_window - 1, 0), offset=0)
+    block = min(512, t)
+    sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                          block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                          block_q_dq=block, block_kv_dq=block)
+    kernel = sk.make_splash_mha(sm.MultiHeadMask([head_mask] * h), head_shards=1, q_seq_shards=1,
+                                block_sizes=sizes, interpret=interpret)
+    if segment_ids is None:
+        segment_ids = jnp.zeros((b, t), jnp.int32)
+    seg = sk.SegmentIds(q=segment_ids.astype(jnp.int32), kv=segment_ids.astype(jnp.int32))
+    qh = jnp.swapaxes(q * jnp.asarray(d**-0.5, q.dtype), 1, 2)  # [b, h, t, d]
+    kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    out = jax.vmap(kernel)(qh, kh, vh, segment_ids=seg)
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+KERNELS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention}
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped key/value heads and rotary position embedding."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+        c = config
+        std, pd = c.initializer_range, c.param_dtype
+        self.q = param(rngs, (c.hidden_size, c.num_heads, c.head_dim),
+                       ("embed", "heads", "head_dim"), pd, std=std, stack=stack)
+        self.k = param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim),
+                       ("embed", "kv_heads", "head_dim"), pd, std=std, stack=stack)
+        self.v = param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim),
+                       ("embed", "kv_heads", "head_dim"), pd, std=std, stack=stack)
+        self.o = param(rngs, (c.num_heads, c.head_dim, c.hidden_size),
+                       ("heads", "head_dim", "embed"), pd, std=std, stack=stack)
+        self.config = config
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None):
+        c = self.config
+        dt = c.dtype
+        q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+        k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
+        v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+        inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
+        q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
+        k = constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        impl = resolve_implementation(c.attention, dt)
+        out = KERNELS[impl](q, k, v, segment_ids, c.sliding_window)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"))
+        return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))

@@ -1,0 +1,97 @@
+"""The decoder: embed -> scanned decoder layers -> final RMSNorm -> LM head.
+
+Llama 2, Llama 3 and Mistral are configurations of this one module. Layer parameters are stacked
+along a leading `layers` axis and applied with `jax.lax.scan`, under the remat policy of the config.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lepjax.models.attention import Attention
+from lepjax.models.config import ModelConfig
+from lepjax.models.layers import MLP, RMSNorm, param
+from lepjax.parallel import constrain
+
+REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+        c = config
+        self.attn_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.param_dtype, stack=stack)
+        self.attn = Attention(c, rngs=rngs, stack=stack)
+        self.mlp_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.param_dtype, stack=stack)
+        self.mlp = MLP(c.hidden_size, c.intermediate_size, std=c.initializer_range,
+                       param_dtype=c.param_dtype, dtype=c.dtype, rngs=rngs, stack=stack)
+
+    def __call__(self, x, positions, segment_ids):
+        x = x + self.attn(self.attn_norm(x), positions, segment_ids)
+        x = x + self.mlp(self.mlp_norm(x))
+        return constrain(x, ("batch", "length", "embed"))
+
+
+class Decoder(nnx.Module):
+    """Decoder-only transformer. `model(tokens)` returns float32 logits [batch, length, vocab]."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = config
+        self.embed = param(rngs, (c.vocab_size, c.hidden_size), ("vocab", "embed"),
+                           c.param_dtype, std=c.initializer_range)
+        self.layers = DecoderLayer(c, rngs=rngs, stack=c.num_layers)
+        self.final_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.param_dtype)
+        if not c.tie_word_embeddings:
+            self.lm_head = param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"),
+                                 c.param_dtype, std=c.initializer_range)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits [batch, length, vocab] in float32.
+
+        `segment_ids` [batch, length] restrict attention to tokens of the same document in a packed
+        row; `positions` [batch, length] are the rotary positions (default: 0..length-1; for packed
+        rows they restart at 0 in each document).
+        """
+        return self.logits(self.hidden_states(tokens, segment_ids, positions))
+
+    def hidden_states(self, tokens, segment_ids=None, positions=None) -> jax.Array:
+        """Final-norm hidden states [batch, length, embed] in the compute dtype."""
+        c = self.config
+        tokens = jnp.asarray(tokens)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(c.dtype)
+        x = constrain(x, ("batch", "length", "embed"))
+
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(h, state):
+            return nnx.merge(graphdef, state)(h, positions, segment_ids), None
+
+        if c.remat_policy != "none":
+            body = jax.checkpoint(body, policy=REMAT[c.remat_policy], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, layer_state)
+        return self.final_norm(x)
+
+    def lm_head_weight(self) -> jax.Array:
+        """The output projection [embed, vocab] (the transposed embedding when tied)."""
+        return self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Project hidden states to float32 logits."""
+        w = self.lm_head_weight().astype(self.config.dtype)
+        out = jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+        return constrain(out, ("batch", "length", "vocab"))

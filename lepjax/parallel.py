@@ -1,0 +1,156 @@
+"""Device mesh and logical-axis sharding.
+
+Model code names the *logical* axes of every parameter and key activation (`batch`, `length`,
+`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`, `norm`); a rules table maps
+each logical axis to zero or more mesh axes (`data`, `fsdp`, `tensor`). Model code never names a
+mesh axis, so one model runs under any mesh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes. Default: FSDP over all devices (parameters sharded on `embed`,
+# batch over data x fsdp), tensor parallelism on heads / mlp / vocab when `tensor` > 1.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("norm", None),
+)
+
+Rules = Sequence[tuple[str, str | Sequence[str] | None]]
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh over `devices` (default: all) with axes (data, fsdp, tensor).
+
+    `shape` maps axis name to size; one size may be -1, meaning "the rest of the devices"; missing
+    axes have size 1. Default: `{"fsdp": -1}`.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = dict(shape if shape is not None else {"fsdp": -1})
+    unknown = sorted(set(shape) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"unknown mesh axes {unknown}; valid axes: {list(MESH_AXES)}")
+    sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"only one mesh axis may be -1, got {free}")
+    if any(s == 0 or s < -1 for s in sizes.values()):
+        raise ValueError(f"mesh axis sizes must be positive or -1, got {sizes}")
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if free:
+        if len(devices) % fixed:
+            raise ValueError(
+                f"mesh {sizes}: {len(devices)} devices are not divisible by the fixed axes' "
+                f"product {fixed}")
+        sizes[free[0]] = len(devices) // fixed
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(
+            f"mesh {sizes} needs {math.prod(sizes.values())} devices but {len(devices)} are "
+            f"available; set one axis to -1 or make the sizes multiply to {len(devices)}")
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh([sizes[a] for a in MESH_AXES], devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in MESH_AXES])
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None],
+    rules: Rules = DEFAULT_RULES,
+    mesh: Mesh | None = None,
+    shape: Sequence[int] | None = None,
+) -> PartitionSpec:
+    """Map logical axis names to a `PartitionSpec` through `rules`.
+
+    A mesh axis is used at most once per array (the first logical axis that asks for it wins).
+    With `mesh` and `shape`, mesh axes of size 1 are dropped and a dimension that the mesh axes
+    do not divide is left unsharded, so tiny test models run on any mesh.
+    """
+    table = {name: mesh_axes for name, mesh_axes in rules}
+    used: set[str] = set()
+    spec: list[Any] = []
+    for dim, name in enumerate(logical_axes):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in table:
+            raise KeyError(f"logical axis {name!r} has no sharding rule; rules cover {sorted(table)}")
+        target = table[name]
+        axes = [] if target is None else [target] if isinstance(target, str) else list(target)
+        axes = [a for a in axes if a not in used]
+        if mesh is not None:
+            axes = [a for a in axes if mesh.shape[a] > 1]
+            if shape is not None:
+                while axes and shape[dim] % math.prod(mesh.shape[a] for a in axes):
+                    axes.pop()
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(
+    mesh: Mesh, logical_axes: Sequence[str | None], rules: Rules = DEFAULT_RULES,
+    shape: Sequence[int] | None = None,
+) -> NamedSharding:
+    """`NamedSharding` for an array with the given logical axes."""
+    return NamedSharding(mesh, logical_to_spec(logical_axes, rules, mesh, shape))
+
+
+_ACTIVATION_CONTEXT: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
+    "lepjax_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
+    """Within this context (entered while tracing), `constrain` pins activation shardings."""
+    token = _ACTIVATION_CONTEXT.set(None if mesh is None else (mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATION_CONTEXT.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint by logical axes; a no-op outside `activation_sharding`."""
+    ctx = _ACTIVATION_CONTEXT.get()
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, logical_axes, rules, x.shape))
+
+
+def rules_from_config(rules: Any) -> Rules:
+    """Rules from a config value: a mapping or a sequence of (logical, mesh axes) pairs."""
+    if rules is None:
+        return DEFAULT_RULES
+    items = rules.items() if hasattr(rules, "items") else rules
+    out = []
+    for name, target in items:
+        if isinstance(target, (list, tuple)):
+            target = tuple(target) or None
+        bad = [a for a in ((target,) if isinstance(target, str) else target or ()) if a not in MESH_AXES]
+        if bad:
+            raise ValueError(f"rule for {name!r} names unknown mesh axes {bad}; valid: {list(MESH_AXES)}")
+        out.append((name, target))
+    return tuple(out)

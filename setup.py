@@ -1,0 +1,46 @@
+"""lepjax: language adaptation of open LLMs (Llama 2/3, Mistral) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lepjax",
+    version="0.1.0",
+    description=(
+        "Adapt open LLMs (Llama 2/3, Mistral) to a new language or domain in JAX/Flax: "
+        "vocabulary expansion, continual pre-training, learned embedding propagation."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["lepjax", "lepjax.*"]),
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "ml-collections>=1.0",
+        "grain>=0.2.10",
+        "array-record>=0.7",
+        "transformers>=4.48",
+        "tokenizers>=0.21",
+        "sentencepiece>=0.2",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # torch: install the CPU build first (`pip install torch==2.13.0`); any >=2.4 is accepted
+        # so that an already-installed CPU build satisfies the range and nothing larger is pulled.
+        "test": [
+            "pytest>=8",
+            "torch>=2.4",
+            "mistral-common>=1.5",
+            "llama-models>=0.1",
+            "tiktoken>=0.7",
+        ],
+        "tfds": ["tensorflow-datasets>=4.9"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={"console_scripts": ["lepjax=lepjax.cli:main"]},
+)
