@@ -131,6 +131,11 @@ def activation_sharding(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> Iter
         _ACTIVATION_CONTEXT.reset(token)
 
 
+def current_activation_sharding() -> tuple[Mesh, Rules] | None:
+    """The (mesh, rules) of the enclosing `activation_sharding` context, if any."""
+    return _ACTIVATION_CONTEXT.get()
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint by logical axes; a no-op outside `activation_sharding`."""
     ctx = _ACTIVATION_CONTEXT.get()

@@ -13,12 +13,15 @@ and, with a sliding window w, to the last w positions including itself (Mistral)
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from lepjax.models.config import ModelConfig
 from lepjax.models.layers import apply_rope, param, rope_inv_freq
+from lepjax import parallel
 from lepjax.parallel import constrain
 
 
@@ -73,8 +76,33 @@ def cudnn_attention(q, k, v, segment_ids, sliding_window):
         q, k, v, mask=mask, is_causal=True, local_window_size=window, implementation="cudnn")
 
 
-def splash_attention(q, k, v, segment_ids, sliding_window, interpret: bool = False):
-    """Pallas splash attention (TPU; `interpret=True` runs it anywhere, slowly, for tests)."""
+def splash_attention(q, k, v, segment_ids, sliding_window, interpret: bool | None = None):
+    """Pallas splash attention for TPUs. Same contract as `xla_attention`.
+
+    Off TPU (or with `interpret=True`) the kernel runs in Pallas interpret mode: correct but slow,
+    which is how the CPU tests check it. Under a mesh (`parallel.activation_sharding`) the kernel
+    runs per shard in a `shard_map` over batch and heads.
+    """
+    if interpret is None:
+        interpret = jax.default_backend() != "tpu"
+    if segment_ids is None:
+        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+    ctx = parallel.current_activation_sharding()
+    fn = functools.partial(_splash_local, sliding_window=sliding_window, interpret=interpret)
+    if ctx is None:
+        return fn(q, k, v, segment_ids)
+    mesh, rules = ctx
+    kv_spec = parallel.logical_to_spec(("batch", "length", "kv_heads", "head_dim"), rules, mesh, k.shape)
+    q_spec = parallel.logical_to_spec(("batch", "length", "heads", "head_dim"), rules, mesh, q.shape)
+    # Query heads are grouped by kv head: shard them exactly as the kv heads are sharded.
+    q_spec = jax.sharding.PartitionSpec(q_spec[0], None, kv_spec[2], None)
+    kv_spec = jax.sharding.PartitionSpec(q_spec[0], None, kv_spec[2], None)
+    seg_spec = jax.sharding.PartitionSpec(q_spec[0], None)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                         out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)
+
+
+def _splash_local(q, k, v, segment_ids, *, sliding_window, interpret):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -89,8 +117,6 @@ def splash_attention(q, k, v, segment_ids, sliding_window, interpret: bool = Fal
                           block_q_dq=block, block_kv_dq=block)
     kernel = sk.make_splash_mha(sm.MultiHeadMask([head_mask] * h), head_shards=1, q_seq_shards=1,
                                 block_sizes=sizes, interpret=interpret)
-    if segment_ids is None:
-        segment_ids = jnp.zeros((b, t), jnp.int32)
     seg = sk.SegmentIds(q=segment_ids.astype(jnp.int32), kv=segment_ids.astype(jnp.int32))
     qh = jnp.swapaxes(q * jnp.asarray(d**-0.5, q.dtype), 1, 2)  # [b, h, t, d]
     kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)

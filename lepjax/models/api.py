@@ -1,0 +1,89 @@
+"""The model-level Python API: load any supported directory, build from a config, run sharded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from lepjax import parallel
+from lepjax.models import hf, io
+from lepjax.models.config import ModelConfig, get_preset
+from lepjax.models.transformer import Decoder
+
+COMPUTE_KEYS = ("dtype", "param_dtype", "attention", "remat_policy")
+
+
+def detect_format(path: str) -> str:
+    """'lepjax' or 'hf' for a model directory; a clear error for anything else."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path!r} does not exist")
+    if os.path.isfile(os.path.join(path, io.LEPJAX_META)):
+        return "lepjax"
+    if hf.is_hf_dir(path):
+        return "hf"
+    raise ValueError(f"{path!r} is neither a lepjax model directory ({io.LEPJAX_META} + params/) "
+                     "nor a Hugging Face one (config.json + *.safetensors)")
+
+
+def load(
+    path: str, *, mesh: Mesh | None = None, rules: parallel.Rules = parallel.DEFAULT_RULES,
+    **config_overrides: Any,
+) -> tuple[Decoder, ModelConfig]:
+    """Load a Hugging Face or lepjax model directory: returns `(model, config)`.
+
+    Parameters are placed directly in their shards on `mesh` (default: FSDP over all devices).
+    `config_overrides` change compute settings, e.g. `dtype="float32"`, `attention="xla"`.
+    """
+    loader = io.load_lepjax if detect_format(path) == "lepjax" else hf.load_hf
+    model = loader(path, mesh=mesh, rules=rules, **config_overrides)
+    return model, model.config
+
+
+def from_config(section: Any, mesh: Mesh | None = None,
+                rules: parallel.Rules = parallel.DEFAULT_RULES) -> Decoder:
+    """A model from a config `model` section (see `lepjax.config.model_section`)."""
+    compute = {k: section[k] for k in COMPUTE_KEYS if k in section}
+    if section.get("path"):
+        model, _ = load(section.path, mesh=mesh, rules=rules, **compute)
+        return model
+    config: ModelConfig = get_preset(section.preset, **compute)
+    return io.create_model(config, mesh=mesh, rules=rules, seed=section.get("seed", 0))
+
+
+def mesh_from_config(section: Any) -> tuple[Mesh, parallel.Rules]:
+    """(mesh, rules) from a config `mesh` section (see `lepjax.config.mesh_section`)."""
+    shape = {a: section[a] for a in parallel.MESH_AXES if a in section}
+    return parallel.make_mesh(shape), parallel.rules_from_config(section.get("rules"))
+
+
+def make_forward(
+    model: Decoder, mesh: Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES,
+) -> tuple[Callable[..., jax.Array], nnx.State]:
+    """A jitted `forward(state, tokens, segment_ids, positions) -> logits` with explicit shardings.
+
+    Returns the function and the model state to pass it (split once; the function merges inside).
+    """
+    graphdef, state = nnx.split(model)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    batch = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length"), rules, mesh))
+    out = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length", "vocab"), rules, mesh))
+
+    def forward(state, tokens, segment_ids=None, positions=None):
+        with parallel.activation_sharding(mesh, rules):
+            return nnx.merge(graphdef, state)(tokens, segment_ids, positions)
+
+    jitted = jax.jit(forward, in_shardings=(state_sh, batch, batch, batch), out_shardings=out)
+
+    def call(state, tokens, segment_ids=None, positions=None):
+        tokens = jnp.asarray(tokens, jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+        return jitted(state, tokens, segment_ids, positions)
+
+    return call, state

@@ -1,0 +1,80 @@
+"""Test setup: 8 simulated CPU devices (set before JAX is imported) and tiny HF model builders."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Tiny configurations covering what the parity tests must show.
+HF_CASES = {
+    # Llama 2 style: multi-head attention, rope base 10000, untied.
+    "llama2": dict(model_type="llama", num_key_value_heads=4, rope_theta=10000.0),
+    # Llama 3.1: GQA, rope base 500000 with llama3 scaling (short original context so it matters).
+    "llama3_1": dict(model_type="llama", num_key_value_heads=2, rope_theta=500000.0,
+                     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 16}),
+    # Mistral 7B v0.1 style: GQA and a sliding window shorter than the test sequences.
+    "mistral": dict(model_type="mistral", num_key_value_heads=2, sliding_window=5),
+    # Tied input/output embeddings (Llama 3.2 1B style).
+    "tied": dict(model_type="llama", num_key_value_heads=2, rope_theta=500000.0,
+                 tie_word_embeddings=True),
+}
+
+
+def make_hf_model(case: str, seed: int = 0, **extra):
+    """A transformers PyTorch model with a tiny random config (weights std 0.1 for O(1) logits)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    kw = dict(HF_CASES[case])
+    model_type = kw.pop("model_type")
+    kw = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, head_dim=16, max_position_embeddings=256,
+              rms_norm_eps=1e-5, initializer_range=0.1, **kw)
+    kw.update(extra)
+    torch.manual_seed(seed)
+    if model_type == "mistral":
+        model = MistralForCausalLM(MistralConfig(**kw))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**kw))
+    # Norm scales are initialised to ones; perturb them so the test sees their mapping.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+    """Factory: save a tiny HF model of a case to a directory; returns (dir, torch model)."""
+
+    def make(case: str, dtype=None, **extra):
+        import torch
+
+        model = make_hf_model(case, **extra)
+        if dtype is not None:
+            model = model.to(getattr(torch, dtype))
+        path = tmp_path / f"hf_{case}_{dtype or 'float32'}"
+        model.save_pretrained(path)
+        return str(path), model
+
+    return make
+
+
+def random_tokens(batch: int, length: int, vocab: int = 256, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, (batch, length), dtype=np.int64)
