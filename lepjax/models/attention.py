@@ -107,6 +107,9 @@ def _splash_local(q, k, v, segment_ids, *, sliding_window, interpret):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     b, t, h, d = q.shape
+    if t % 128:
+        raise ValueError(f"splash attention needs a sequence length that is a multiple of 128, got "
+                         f"{t}; pad the batch or use attention='xla'")
     if sliding_window is None:
         head_mask = sm.CausalMask((t, t))
     else:
