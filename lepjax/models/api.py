@@ -65,25 +65,34 @@ def mesh_from_config(section: Any) -> tuple[Mesh, parallel.Rules]:
 def make_forward(
     model: Decoder, mesh: Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES,
 ) -> tuple[Callable[..., jax.Array], nnx.State]:
-    """A jitted `forward(state, tokens, segment_ids, positions) -> logits` with explicit shardings.
+    """A jitted `forward(state, tokens, segment_ids=None, positions=None) -> logits`.
 
-    Returns the function and the model state to pass it (split once; the function merges inside).
+    Compiled with explicit input and output shardings (the batch dimension sharded by the `batch`
+    rule where the batch size allows), once per input shape. Returns the function and the state
+    to pass it (split once; the function merges inside).
     """
     graphdef, state = nnx.split(model)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    batch = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length"), rules, mesh))
-    out = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length", "vocab"), rules, mesh))
 
-    def forward(state, tokens, segment_ids=None, positions=None):
+    def forward(state, tokens, segment_ids, positions):
         with parallel.activation_sharding(mesh, rules):
             return nnx.merge(graphdef, state)(tokens, segment_ids, positions)
 
-    jitted = jax.jit(forward, in_shardings=(state_sh, batch, batch, batch), out_shardings=out)
+    compiled: dict[tuple, Callable] = {}
 
     def call(state, tokens, segment_ids=None, positions=None):
         tokens = jnp.asarray(tokens, jnp.int32)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-        return jitted(state, tokens, segment_ids, positions)
+        key = (tokens.shape, segment_ids is None)
+        if key not in compiled:
+            b, t = tokens.shape
+            batch = parallel.named_sharding(mesh, ("batch", "length"), rules, (b, t))
+            out = parallel.named_sharding(mesh, ("batch", "length", "vocab"), rules,
+                                          (b, t, model.config.vocab_size))
+            seg_sh = None if segment_ids is None else batch
+            compiled[key] = jax.jit(forward, in_shardings=(state_sh, batch, seg_sh, batch),
+                                    out_shardings=out)
+        return compiled[key](state, tokens, segment_ids, positions)
 
     return call, state
