@@ -18,14 +18,24 @@ from lepjax import config as config_lib
 log = logging.getLogger("lepjax")
 
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+DEFAULT_CONFIGS: dict[str, Callable] = {}
+
+# Modules that register further verbs with `@verb(...)` when imported.
+VERB_MODULES: list[str] = []
 
 
-def verb(name: str, help: str):
-    """Register `fn(args, cfg)` as `lepjax <name>`; the decorated `add_args(parser)` defines flags."""
+def verb(name: str, help: str, default_config: Callable | None = None):
+    """Register `run(args, cfg)` as `lepjax <name>`; `add_args(parser)` defines its flags.
+
+    Use as `@verb("name", "help")(add_args)` on `run`. `cfg` is the loaded config (`--config` file
+    plus overrides), or `default_config()` (default: model + mesh sections) without `--config`.
+    """
 
     def deco(add_args):
         def register(run):
             VERBS[name] = (help, add_args, run)
+            if default_config is not None:
+                DEFAULT_CONFIGS[name] = default_config
             return run
 
         return register
@@ -33,7 +43,7 @@ def verb(name: str, help: str):
     return deco
 
 
-def _add_config_flag(p: argparse.ArgumentParser, default_help: str) -> None:
+def add_config_flag(p: argparse.ArgumentParser, default_help: str) -> None:
     p.add_argument("--config", default=None, metavar="FILE.py",
                    help=f"ml-collections config file with get_config() ({default_help}); any key "
                         "can then be overridden with --config.section.key=value")
@@ -56,7 +66,7 @@ def _convert_args(p):
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
                    help="HF export dtype (default: the dtype the weights were imported in)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    _add_config_flag(p, "optional: its mesh section places the weights")
+    add_config_flag(p, "optional: its mesh section places the weights")
 
 
 @verb("convert", "convert a model between Hugging Face and lepjax formats")(_convert_args)
@@ -92,7 +102,7 @@ def _init_args(p):
     p.add_argument("--format", choices=["hf", "lepjax"], default="lepjax", help="output format")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    _add_config_flag(p, "optional: its mesh section places the weights")
+    add_config_flag(p, "optional: its mesh section places the weights")
 
 
 @verb("init", "write a randomly initialised model of a preset architecture")(_init_args)
@@ -114,7 +124,7 @@ def run_init(args, cfg):
 
 
 def _forward_args(p):
-    _add_config_flag(p, "e.g. configs/forward.py")
+    add_config_flag(p, "e.g. configs/forward.py")
 
 
 @verb("forward", "run a model on token ids and print a checksum of its logits")(_forward_args)
@@ -128,6 +138,10 @@ def run_forward(args, cfg):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in VERB_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(
         prog="lepjax", description="Adapt open LLMs (Llama 2/3, Mistral) to a new language in JAX.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -153,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(args.log_level.upper())
     _, _, run = VERBS[args.verb]
     try:
-        cfg = config_lib.load(getattr(args, "config", None), overrides, default=_default_config())
+        default = DEFAULT_CONFIGS.get(args.verb, _default_config)()
+        cfg = config_lib.load(getattr(args, "config", None), overrides, default=default)
         run(args, cfg)
     except (config_lib.ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         if log.isEnabledFor(logging.DEBUG):
