@@ -178,5 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run through the canonical module, where verb modules register
+    from lepjax.cli import main as _main
+
+    sys.exit(_main())

@@ -63,48 +63,94 @@ def _shuffle_fn(n: int, seed: int):
         return lambda i: int(perm[i])
 
 
-class _PackedRowIterator(grain.DatasetIterator):
-    """Reads this process's records in shuffled order and packs them first-fit into rows.
+class _DocStream:
+    """One dataset's records for one process, in shuffled order, cut into row-sized pieces.
 
     The k-th record this process reads is global record g = process_index + k * process_count
-    (epoch g // n, shuffled within the epoch). Packing works in rounds: records fill `bins` rows
-    first-fit until one does not fit anywhere; the round's rows are emitted and the next round
-    starts with that record. Documents longer than a row are cut into row-sized pieces. The
-    state is (record k and piece at the round's start, rows already emitted from the round), so
-    restoring re-packs the round identically.
+    (epoch g // n, shuffled within the epoch with seed + epoch). The cursor is (k, piece).
+    """
+
+    def __init__(self, spec: "PackedRows", index: int):
+        self.spec = spec
+        self.source = spec.sources[index]
+        self.n = len(self.source)
+        self.seed = spec.seed + 7919 * index
+        self.end = spec.num_epochs * self.n if spec.num_epochs > 0 else None
+        self.k = self.piece = 0
+        self._shuffler: tuple[int, Any] | None = None
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def _global(self, k: int) -> int:
+        return self.spec.process_index + k * self.spec.process_count
+
+    def _record_index(self, g: int) -> int:
+        epoch, pos = divmod(g, self.n)
+        if not self.spec.shuffle:
+            return pos
+        if self._shuffler is None or self._shuffler[0] != epoch:
+            self._shuffler = (epoch, _shuffle_fn(self.n, (self.seed + epoch) % 2**32))
+        return self._shuffler[1](pos)
+
+    def peek(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The current piece (tokens, loss mask), or None once the last epoch is read."""
+        k, L = self.k, self.spec.seq_len
+        if self.end is not None and self._global(k) >= self.end:
+            return None
+        if k not in self._cache:
+            ks = [j for j in range(k, k + self.spec.read_block)
+                  if self.end is None or self._global(j) < self.end]
+            blobs = self.source.__getitems__([self._record_index(self._global(j)) for j in ks])
+            self._cache = {j: records.decode(b) for j, b in zip(ks, blobs)}
+        rec = self._cache[k]
+        start = self.piece * L
+        return rec["tokens"][start:start + L], rec["loss_mask"][start:start + L]
+
+    def advance(self, piece_len: int) -> None:
+        if (self.piece + 1) * self.spec.seq_len < len(self._cache[self.k]["tokens"]):
+            self.piece += 1
+        else:
+            self.k, self.piece = self.k + 1, 0
+
+
+class _PackedRowIterator(grain.DatasetIterator):
+    """Mixes the datasets' pieces by tokens and packs them first-fit into rows.
+
+    The next piece always comes from the dataset furthest below its share of the tokens taken so
+    far (weight * total - taken), so token shares follow the weights whatever the documents'
+    lengths. Packing works in rounds: pieces fill `bins` rows first-fit until one does not fit
+    anywhere; the round's rows are emitted and the next round starts with that piece. The state
+    is the streams' cursors and token counts at the round's start plus the rows already emitted
+    from the round, so restoring re-packs the round identically.
     """
 
     def __init__(self, spec: "PackedRows"):
         super().__init__()
         self.spec = spec
-        self._k, self._piece, self._emitted = 0, 0, 0
-        self._next_k, self._next_piece = 0, 0
+        self.streams = [_DocStream(spec, i) for i in range(len(spec.sources))]
+        self.taken = [0] * len(self.streams)
+        self._round_state = self._cursor()
         self._rows: list[dict[str, np.ndarray]] = []
-        self._shufflers: dict[int, Any] = {}
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._emitted = 0
 
-    def _record_index(self, g: int) -> int:
-        n = self.spec.num_records
-        epoch, pos = divmod(g, n)
-        if not self.spec.shuffle:
-            return pos
-        if epoch not in self._shufflers:
-            self._shufflers = {epoch: _shuffle_fn(n, (self.spec.seed + epoch) % 2**32)}
-        return self._shufflers[epoch](pos)
+    def _cursor(self) -> dict[str, Any]:
+        return {"streams": [[s.k, s.piece] for s in self.streams], "taken": list(self.taken)}
 
-    def _read(self, k: int) -> dict[str, np.ndarray] | None:
-        """Decoded record k of this process (None past the last epoch), read in blocks."""
-        sp = self.spec
-        end = sp.num_epochs * sp.num_records if sp.num_epochs > 0 else None
-        if end is not None and sp.process_index + k * sp.process_count >= end:
-            return None
-        if k not in self._cache:
-            ks = [j for j in range(k, k + sp.read_block)
-                  if end is None or sp.process_index + j * sp.process_count < end]
-            idx = [self._record_index(sp.process_index + j * sp.process_count) for j in ks]
-            blobs = sp.source.__getitems__(idx)
-            self._cache = {j: records.decode(b) for j, b in zip(ks, blobs)}
-        return self._cache[k]
+    def _set_cursor(self, cursor: dict[str, Any]) -> None:
+        for s, (k, piece) in zip(self.streams, cursor["streams"]):
+            s.k, s.piece = int(k), int(piece)
+        self.taken = [int(t) for t in cursor["taken"]]
+
+    def _pick(self) -> tuple[int, tuple[np.ndarray, np.ndarray]] | None:
+        total = sum(self.taken)
+        best = None
+        for i, s in enumerate(self.streams):
+            piece = s.peek()
+            if piece is None:
+                continue
+            deficit = self.spec.weights[i] * total - self.taken[i]
+            if best is None or deficit > best[0]:
+                best = (deficit, i, piece)
+        return None if best is None else (best[1], best[2])
 
     def _pack_round(self) -> None:
         L, B = self.spec.seq_len, self.spec.bins
@@ -115,29 +161,25 @@ class _PackedRowIterator(grain.DatasetIterator):
         fill = [0] * B
         count = [0] * B
         ramp = np.arange(L, dtype=np.int32)
-        k, piece = self._k, self._piece
         while True:
-            rec = self._read(k)
-            if rec is None:
+            picked = self._pick()
+            if picked is None:
                 break
-            n = len(rec["tokens"])
-            start = piece * L
-            chunk = min(L, n - start)
-            b = next((i for i in range(B) if fill[i] + chunk <= L), None)
+            i, (piece_tokens, piece_mask) = picked
+            n = len(piece_tokens)
+            b = next((j for j in range(B) if fill[j] + n <= L), None)
             if b is None:
                 break
             f = fill[b]
-            tokens[b, f:f + chunk] = rec["tokens"][start:start + chunk]
-            mask[b, f:f + chunk] = rec["loss_mask"][start:start + chunk]
+            tokens[b, f:f + n] = piece_tokens
+            mask[b, f:f + n] = piece_mask
             count[b] += 1
-            seg[b, f:f + chunk] = count[b]
-            pos[b, f:f + chunk] = ramp[:chunk]
-            fill[b] += chunk
-            if start + chunk < n:
-                piece += 1
-            else:
-                k, piece = k + 1, 0
-        used = [i for i in range(B) if fill[i] > 0]
+            seg[b, f:f + n] = count[b]
+            pos[b, f:f + n] = ramp[:n]
+            fill[b] += n
+            self.taken[i] += n
+            self.streams[i].advance(n)
+        used = [j for j in range(B) if fill[j] > 0]
         if not used:
             raise StopIteration
         tokens, mask, seg, pos = tokens[used], mask[used], seg[used], pos[used]
@@ -146,14 +188,12 @@ class _PackedRowIterator(grain.DatasetIterator):
         targets[:, :-1] = np.where(same_doc, tokens[:, 1:], 0)
         loss = np.zeros(tokens.shape, np.float32)
         loss[:, :-1] = same_doc & (mask[:, 1:] != 0)
-        self._rows = [{"tokens": tokens[i], "targets": targets[i], "loss_mask": loss[i],
-                       "segment_ids": seg[i], "positions": pos[i]} for i in range(len(used))]
-        self._next_k, self._next_piece = k, piece
+        self._rows = [{"tokens": tokens[j], "targets": targets[j], "loss_mask": loss[j],
+                       "segment_ids": seg[j], "positions": pos[j]} for j in range(len(used))]
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self._emitted >= len(self._rows):
-            if self._rows:  # the round is used up: the next one starts where it stopped
-                self._k, self._piece = self._next_k, self._next_piece
+            self._round_state = self._cursor()  # the next round starts where the last stopped
             self._rows, self._emitted = [], 0
             self._pack_round()
         row = self._rows[self._emitted]
@@ -161,10 +201,11 @@ class _PackedRowIterator(grain.DatasetIterator):
         return row
 
     def get_state(self) -> dict[str, Any]:
-        return {"k": self._k, "piece": self._piece, "emitted": self._emitted}
+        return {**self._round_state, "emitted": self._emitted}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._k, self._piece = int(state["k"]), int(state["piece"])
+        self._set_cursor(state)
+        self._round_state = self._cursor()
         self._rows, self._emitted = [], 0
         if int(state["emitted"]):
             self._pack_round()
@@ -172,14 +213,16 @@ class _PackedRowIterator(grain.DatasetIterator):
 
 
 class PackedRows(grain.IterDataset):
-    """Packed rows of one prepared dataset for one process (see `_PackedRowIterator`)."""
+    """Packed rows of a token-weighted mixture of prepared datasets, for one process."""
 
-    def __init__(self, ds: records.Dataset, *, seq_len: int, seed: int, shuffle: bool,
-                 num_epochs: int, process_index: int, process_count: int, bins: int,
+    def __init__(self, datasets: Sequence[records.Dataset], *, seq_len: int, seed: int = 0,
+                 shuffle: bool = True, num_epochs: int = 0, process_index: int = 0,
+                 process_count: int = 1, bins: int = 16, weights: Sequence[float] = (),
                  read_block: int = 256):
         super().__init__()
-        self.source = grain.sources.ArrayRecordDataSource(ds.shard_paths)
-        self.num_records = len(self.source)
+        self.sources = [grain.sources.ArrayRecordDataSource(ds.shard_paths) for ds in datasets]
+        weights = list(weights) or [1.0] * len(datasets)
+        self.weights = [w / float(sum(weights)) for w in weights]
         self.seq_len, self.seed, self.shuffle, self.num_epochs = seq_len, seed, shuffle, num_epochs
         self.process_index, self.process_count = process_index, process_count
         self.bins, self.read_block = bins, read_block
@@ -230,14 +273,10 @@ class Loader:
                          for p in paths]
         self.seq_len, self.batch_size = seq_len, batch_size
         self.local_batch_size = batch_size // process_count
-        rows = [PackedRows(ds, seq_len=seq_len, seed=seed + 7919 * k, shuffle=shuffle,
-                           num_epochs=num_epochs, process_index=process_index,
-                           process_count=process_count, bins=packing_bins)
-                for k, ds in enumerate(self.datasets)]
-        total = float(sum(weights))
-        mixed = rows[0] if len(rows) == 1 else grain.IterDataset.mix(
-            rows, [w / total for w in weights])
-        self._dataset = mixed.batch(self.local_batch_size, drop_remainder=True)
+        rows = PackedRows(self.datasets, seq_len=seq_len, seed=seed, shuffle=shuffle,
+                          num_epochs=num_epochs, process_index=process_index,
+                          process_count=process_count, bins=packing_bins, weights=weights)
+        self._dataset = rows.batch(self.local_batch_size, drop_remainder=True)
         self._iter = iter(self._dataset)
 
     @classmethod
