@@ -35,13 +35,14 @@ def model_section() -> ConfigDict:
       path: a Hugging Face or lepjax model directory; empty means random weights from `preset`.
       preset: a preset name (`lepjax.models.config.PRESETS`) used when `path` is empty.
       seed: random-initialisation seed (only with `preset`).
+      vocab_size: vocabulary size of a random `preset` model (0 = the preset's own).
       dtype: compute dtype of activations and matmuls (bfloat16 | float32 | float16).
       param_dtype: dtype parameters are held in (float32 | bfloat16).
       attention: attention kernel: auto | xla | cudnn | splash.
       remat_policy: rematerialisation of scanned layers: none | full | dots | dots_no_batch.
     """
     return ConfigDict(dict(
-        path="", preset="tiny_llama3", seed=0, dtype="bfloat16", param_dtype="float32",
+        path="", preset="tiny_llama3", seed=0, vocab_size=0, dtype="bfloat16", param_dtype="float32",
         attention="auto", remat_policy="full"))
 
 

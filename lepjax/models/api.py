@@ -52,6 +52,8 @@ def from_config(section: Any, mesh: Mesh | None = None,
     if section.get("path"):
         model, _ = load(section.path, mesh=mesh, rules=rules, **compute)
         return model
+    if section.get("vocab_size"):
+        compute["vocab_size"] = section.vocab_size
     config: ModelConfig = get_preset(section.preset, **compute)
     return io.create_model(config, mesh=mesh, rules=rules, seed=section.get("seed", 0))
 

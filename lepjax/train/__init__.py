@@ -1,0 +1,1 @@
+"""Training: `lepjax train`, the continual pre-training loop every recipe runs through."""
