@@ -134,6 +134,18 @@ class MetricsWriter:
             self.tb.close()
 
 
+def _model_tokenizer_fingerprint(path: str) -> str | None:
+    """The fingerprint of the tokenizer shipped in a model directory, if it has one."""
+    if not path:
+        return None
+    from lepjax.data.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(path).fingerprint()
+    except FileNotFoundError:
+        return None
+
+
 def _on_mesh(tree: Any, mesh) -> Any:
     """Arrays not already sharded on `mesh` (scalars, optimiser counters) replicated on it."""
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -198,7 +210,8 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     state_sh = jax.tree.map(lambda x: x.sharding, train_state)
     frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
 
-    loader = Loader.from_config(cfg.data, vocab_size=mc.vocab_size)
+    loader = Loader.from_config(cfg.data, vocab_size=mc.vocab_size,
+                                fingerprint=_model_tokenizer_fingerprint(cfg.model.path))
     ckpt = Checkpointer(run_dir, keep=tc.keep_checkpoints, async_save=tc.async_checkpointing)
     save_frozen(run_dir, frozen)
     start = ckpt.latest_step()
