@@ -169,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         default = DEFAULT_CONFIGS.get(args.verb, _default_config)()
         cfg = config_lib.load(getattr(args, "config", None), overrides, default=default)
+        if "mesh" in cfg:
+            from lepjax import parallel
+
+            parallel.initialize(cfg.mesh.coordinator_address, cfg.mesh.num_processes,
+                                cfg.mesh.process_id)
         run(args, cfg)
     except (config_lib.ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         if log.isEnabledFor(logging.DEBUG):

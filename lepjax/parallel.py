@@ -18,6 +18,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import logging
+import os
+
+log = logging.getLogger("lepjax.parallel")
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axes. Default: FSDP over all devices (parameters sharded on `embed`,
@@ -159,3 +164,58 @@ def rules_from_config(rules: Any) -> Rules:
             raise ValueError(f"rule for {name!r} names unknown mesh axes {bad}; valid: {list(MESH_AXES)}")
         out.append((name, target))
     return tuple(out)
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+    """Start multi-process JAX when asked; otherwise stay single-process. Logs the topology once.
+
+    The coordinator comes from the arguments, else from the environment variables
+    LEPJAX_COORDINATOR_ADDRESS / LEPJAX_NUM_PROCESSES / LEPJAX_PROCESS_ID. On CPU the
+    cross-process collectives use gloo. Call before anything touches a JAX device.
+    """
+    address = coordinator_address or os.environ.get("LEPJAX_COORDINATOR_ADDRESS", "")
+    if address and not _distributed_initialized():
+        n = num_processes or int(os.environ.get("LEPJAX_NUM_PROCESSES", "0"))
+        pid = process_id if process_id >= 0 else int(os.environ.get("LEPJAX_PROCESS_ID", "-1"))
+        if n <= 0 or not 0 <= pid < n:
+            raise ValueError(f"coordinator {address!r} needs num_processes > 0 and process_id in "
+                             f"[0, num_processes), got {n} and {pid}")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=pid)
+    log.info("process %d of %d: %d local devices, %d global (%s)", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count(),
+             jax.devices()[0].device_kind)
+
+
+def _distributed_initialized() -> bool:
+    try:
+        return bool(jax.distributed.is_initialized())
+    except AttributeError:
+        from jax._src import distributed
+
+        return distributed.global_state.client is not None
+
+
+def broadcast_decision(value: bool) -> bool:
+    """Process 0's value of a boolean, on every process (so all take the same branch)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
+def allgather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-serialisable `obj`, in process order, on every process."""
+    import json
+
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([blob.size], np.int32))
+    padded = np.zeros(int(np.max(sizes)), np.uint8)
+    padded[: blob.size] = blob
+    blobs = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(b[: int(n)]).decode()) for b, n in zip(blobs, np.ravel(sizes))]

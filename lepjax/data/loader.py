@@ -44,10 +44,12 @@ def data_section() -> ConfigDict:
       shuffle: shuffle records globally (reshuffled every epoch).
       num_epochs: passes over each dataset; 0 = repeat forever.
       packing_bins: rows filled at once by first-fit packing (more bins, less padding).
+      streams: independent packing streams making up the global batch (0 = one per process);
+        fix it (e.g. 8) to get the same batches for any process count that divides it.
       eval_paths: held-out dataset directories for evaluation.
     """
     return ConfigDict(dict(paths=(), weights=(), seq_len=2048, batch_size=64, seed=0,
-                           shuffle=True, num_epochs=0, packing_bins=16, eval_paths=()))
+                           shuffle=True, num_epochs=0, packing_bins=16, streams=0, eval_paths=()))
 
 
 def _shuffle_fn(n: int, seed: int):
@@ -234,8 +236,15 @@ class PackedRows(grain.IterDataset):
 class Loader:
     """Batches of packed rows for this process, with a saveable position.
 
+    The global batch is made of `streams` independent packing streams (stream j reads records
+    j, j + streams, ... of the shuffled order), each contributing batch_size / streams rows.
+    Process p runs the streams j with j % process_count == p, so the global batch, and hence the
+    losses, are the same for any process count that divides `streams`; the default
+    (`streams=0`) is one stream per process.
+
     `next(loader)` returns the process-local batch as NumPy arrays ([batch_size / process_count,
-    seq_len] each); `loader.global_batch(batch, mesh)` makes global `jax.Array`s of them.
+    seq_len] each); `loader.global_batch(batch, mesh)` makes global `jax.Array`s of them. The
+    state maps stream ids to positions, so per-process states merge into one global state.
     """
 
     def __init__(
@@ -249,6 +258,7 @@ class Loader:
         shuffle: bool = True,
         num_epochs: int = 0,
         packing_bins: int = 16,
+        streams: int = 0,
         process_index: int | None = None,
         process_count: int | None = None,
         vocab_size: int | None = None,
@@ -266,18 +276,22 @@ class Loader:
             import jax
 
             process_index, process_count = jax.process_index(), jax.process_count()
-        if batch_size % process_count:
-            raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} "
+        streams = streams or process_count
+        if streams % process_count:
+            raise ValueError(f"data.streams={streams} is not a multiple of the {process_count} "
                              "processes")
+        if batch_size % streams:
+            raise ValueError(f"batch_size {batch_size} is not divisible by data.streams={streams}")
         self.datasets = [records.open_dataset(p, vocab_size=vocab_size, fingerprint=fingerprint)
                          for p in paths]
         self.seq_len, self.batch_size = seq_len, batch_size
         self.local_batch_size = batch_size // process_count
-        rows = PackedRows(self.datasets, seq_len=seq_len, seed=seed, shuffle=shuffle,
-                          num_epochs=num_epochs, process_index=process_index,
-                          process_count=process_count, bins=packing_bins, weights=weights)
-        self._dataset = rows.batch(self.local_batch_size, drop_remainder=True)
-        self._iter = iter(self._dataset)
+        self.rows_per_stream = batch_size // streams
+        self._iters = {
+            j: iter(PackedRows(self.datasets, seq_len=seq_len, seed=seed, shuffle=shuffle,
+                               num_epochs=num_epochs, process_index=j, process_count=streams,
+                               bins=packing_bins, weights=weights))
+            for j in range(process_index, streams, process_count)}
 
     @classmethod
     def from_config(cls, section: Any, paths: Sequence[str] | None = None, **kwargs) -> "Loader":
@@ -285,21 +299,29 @@ class Loader:
         return cls(list(paths if paths is not None else section.paths), seq_len=section.seq_len,
                    batch_size=section.batch_size, weights=list(section.weights),
                    seed=section.seed, shuffle=section.shuffle, num_epochs=section.num_epochs,
-                   packing_bins=section.packing_bins, **kwargs)
+                   packing_bins=section.packing_bins, streams=section.get("streams", 0),
+                   **kwargs)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._iter)
+        rows = [next(it) for it in self._iters.values() for _ in range(self.rows_per_stream)]
+        return {k: np.stack([r[k] for r in rows]) for k in FEATURES}
 
     def get_state(self) -> dict[str, Any]:
-        """The iterator position (JSON-serialisable)."""
-        return self._iter.get_state()
+        """The position of this process's streams (JSON-serialisable)."""
+        return {"streams": {str(j): it.get_state() for j, it in self._iters.items()}}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Continue from a position returned by `get_state`."""
-        self._iter.set_state(state)
+        """Continue from a position returned by `get_state` (or a merge of several processes')."""
+        saved = state.get("streams", {})
+        missing = [j for j in self._iters if str(j) not in saved]
+        if missing:
+            raise ValueError(f"the saved data position has no state for streams {missing}; was "
+                             "data.streams changed since it was saved?")
+        for j, it in self._iters.items():
+            it.set_state(saved[str(j)])
 
     @staticmethod
     def global_batch(batch: dict[str, np.ndarray], mesh, rules=None) -> dict[str, Any]:

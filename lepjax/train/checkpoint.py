@@ -62,8 +62,10 @@ class Checkpointer:
 
 def save_frozen(run_dir: str, frozen: dict[str, Any]) -> None:
     """Write the frozen parameters once (they never change during the run)."""
+    from lepjax.parallel import broadcast_decision
+
     path = os.path.join(os.path.abspath(run_dir), "frozen")
-    if os.path.exists(path) or not frozen:
+    if broadcast_decision(os.path.exists(path)) or not frozen:
         return
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path, frozen)

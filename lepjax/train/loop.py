@@ -51,7 +51,9 @@ def train_section() -> ConfigDict:
 
     Keys:
       run_dir: the run directory (created; resumed from when it has checkpoints).
-      steps: optimiser steps in total.
+      steps: optimiser steps in total (the schedule's length).
+      stop_at_step: end this launch after this step (0 = run to `steps`), saving a checkpoint;
+        the next launch resumes (e.g. to fit a job's time limit).
       trainable: all | embeddings | 2x2ls | a list like "embed,lm_head,layers[0,-1]"
         (see lepjax.train.params).
       frozen_dtype: dtype frozen parameters are held in ("" = as loaded).
@@ -68,7 +70,7 @@ def train_section() -> ConfigDict:
       progress: show a progress bar.
     """
     return ConfigDict(dict(
-        run_dir="", steps=1000, trainable="all", frozen_dtype="", mtp=False, micro_batches=1,
+        run_dir="", steps=1000, stop_at_step=0, trainable="all", frozen_dtype="", mtp=False, micro_batches=1,
         loss_chunk=1024, z_loss=0.0, log_every=10, save_every=500, eval_every=0, eval_batches=10,
         keep_checkpoints=3, async_checkpointing=True, skip_nonfinite=False, peak_tflops=0.0,
         progress=True))
@@ -132,6 +134,14 @@ class MetricsWriter:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _data_state(loader: Loader) -> dict[str, Any]:
+    """The loader position of all processes merged (each process runs its own streams)."""
+    merged: dict[str, Any] = {"streams": {}}
+    for state in parallel.allgather_json(loader.get_state()):
+        merged["streams"].update(state["streams"])
+    return merged
 
 
 def _model_tokenizer_fingerprint(path: str) -> str | None:
@@ -244,7 +254,8 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     step = start
     try:
         with _Preemption() as preempt:
-            while step < tc.steps:
+            end = min(tc.steps, tc.stop_at_step) if tc.stop_at_step else tc.steps
+            while step < end:
                 try:
                     local = next(loader)
                 except StopIteration:
@@ -265,7 +276,7 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
                     log.warning("skipping step %d: non-finite loss", step + 1)
                 step += 1
                 tokens_since += cfg.data.batch_size * cfg.data.seq_len
-                if tc.log_every and (step % tc.log_every == 0 or step == tc.steps):
+                if tc.log_every and (step % tc.log_every == 0 or step == end):
                     now = time.perf_counter()
                     tps = tokens_since / (now - t_last)
                     metrics["tokens_per_s"] = tps
@@ -282,12 +293,12 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
                                                 mc.vocab_size))
                 preempted = preempt.requested or ckpt.reached_preemption(step)
                 if (tc.save_every and step % tc.save_every == 0) or preempted:
-                    ckpt.save(step, train_state, loader.get_state(), wait=preempted)
+                    ckpt.save(step, train_state, _data_state(loader), wait=preempted)
                 if preempted:
                     log.warning("stopped at step %d for preemption; rerun to resume", step)
                     return {"step": step, "preempted": True, **last}
             if ckpt.latest_step() != step:
-                ckpt.save(step, train_state, loader.get_state())
+                ckpt.save(step, train_state, _data_state(loader))
     finally:
         ckpt.wait()
         bar.close()
