@@ -246,3 +246,49 @@ def test_flops_hand_computed_for_llama2_7b():
     assert flops.flops_per_token(c, 4096, trained_layers=0, lowest_trained_layer=0,
                                  head_trained=True) == 29_911_678_976
     assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+
+
+def test_lora_trains_only_adapters_and_merges_exactly(ru_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lepjax.train.checkpoint import Checkpointer, restore_frozen
+
+    run = tmp_path / "run"
+    cfg = config(ru_data, run, steps=4, trainable="none")
+    cfg.model.preset = "tiny_llama2"
+    cfg.train.lora.update(dict(rank=4, alpha=8.0, targets=("q", "v", "down"), layers="0"))
+    initial = P.flatten(models.io.pure_params(models.from_config(cfg.model)))
+    loop.train(cfg)
+    ckpt = Checkpointer(str(run))
+    meta = ckpt.state_metadata(4)
+    assert all(k.startswith("lora/") for k in meta["trainable"]) and len(meta["trainable"]) == 6
+    abstract = {k: jax.ShapeDtypeStruct(m.shape, m.dtype) for k, m in meta["trainable"].items()}
+    state, _ = ckpt.restore(4, {"step": jax.ShapeDtypeStruct((), jnp.int32), "trainable": abstract,
+                                "opt_state": jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+                                    m.shape, m.dtype), meta["opt_state"],
+                                    is_leaf=lambda x: hasattr(x, "shape"))})
+    frozen = restore_frozen(str(run), {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+                                       for k, v in initial.items()})
+    for k, v in initial.items():  # the base weights are untouched
+        np.testing.assert_array_equal(np.asarray(frozen[k]), np.asarray(v), err_msg=k)
+    b = np.asarray(state["trainable"]["lora/layers/attn/q/b"], np.float64)
+    assert np.abs(b).max() > 0  # the adapters trained
+    # Export merges W + alpha/r * A.B into layer 0 only (checked in float64 NumPy).
+    merged = P.flatten(models.io.pure_params(loop.load_run(str(run))))
+    for name in ("layers/attn/q", "layers/attn/v", "layers/mlp/down"):
+        a = np.asarray(state["trainable"][f"lora/{name}/a"], np.float64)[0]
+        bb = np.asarray(state["trainable"][f"lora/{name}/b"], np.float64)[0]
+        w0 = np.asarray(initial[name], np.float64)
+        expected = w0[0] + 2.0 * np.tensordot(a, bb, axes=([a.ndim - 1], [0]))
+        np.testing.assert_allclose(np.asarray(merged[name])[0], expected, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(merged[name])[1], np.asarray(initial[name])[1])
+    np.testing.assert_array_equal(np.asarray(merged["layers/attn/k"]),
+                                  np.asarray(initial["layers/attn/k"]))
+    # The merged model exported to HF gives the logits of the unmerged training-time model.
+    model = loop.load_run(str(run))
+    out = models.save_hf(model, str(tmp_path / "hf"))
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    from conftest import hf_logits, random_tokens
+
+    tokens = random_tokens(2, 16, vocab=32000)
+    np.testing.assert_allclose(hf_logits(hf, tokens), np.asarray(model(tokens)), atol=1e-4)

@@ -31,6 +31,7 @@ from lepjax import config as config_lib
 from lepjax import models, parallel
 from lepjax.data.loader import Loader, data_section
 from lepjax.train import flops as flops_lib
+from lepjax.train import lora as lora_lib
 from lepjax.train import params as P
 from lepjax.train.checkpoint import Checkpointer, abstract_of, restore_frozen, save_frozen
 from lepjax.train.optim import make_optimizer, optim_section
@@ -68,12 +69,14 @@ def train_section() -> ConfigDict:
       skip_nonfinite: on a NaN/inf loss skip the step instead of stopping with an error.
       peak_tflops: per-device peak for MFU (0 = look up the device kind).
       progress: show a progress bar.
+      lora: LoRA adapters (rank, alpha, targets, layers; see lepjax.train.lora); with
+        lora.rank > 0 use trainable="none" (adapters only) or add e.g. "embed,lm_head".
     """
     return ConfigDict(dict(
         run_dir="", steps=1000, stop_at_step=0, trainable="all", frozen_dtype="", mtp=False, micro_batches=1,
         loss_chunk=1024, z_loss=0.0, log_every=10, save_every=500, eval_every=0, eval_batches=10,
         keep_checkpoints=3, async_checkpointing=True, skip_nonfinite=False, peak_tflops=0.0,
-        progress=True))
+        progress=True, lora=lora_lib.lora_section()))
 
 
 def default_config() -> ConfigDict:
@@ -204,6 +207,13 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     flat = dict(zip(paths, [leaf for _, leaf in leaves_with_path]))
     selection = P.select(tc.trainable, paths, mc.num_layers)
     trainable, frozen = P.split(flat, selection, tc.frozen_dtype or None)
+    if tc.lora.rank > 0:
+        adapters = lora_lib.init(flat, tc.lora, mc.num_layers, seed=cfg.model.seed)
+        trainable.update(_on_mesh(adapters, mesh))
+        selection.update({k: None for k in adapters})
+    if not trainable:
+        raise ValueError(f"train.trainable={tc.trainable!r} selects no parameter and LoRA is off "
+                         "(train.lora.rank=0): nothing would train")
     if tc.mtp:
         head = model.lm_head_weight()
         trainable["mtp_head"] = jax.jit(lambda x: x, out_shardings=head.sharding)(head)
@@ -212,7 +222,8 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
 
     if jax.process_index() == 0:
         with open(os.path.join(run_dir, RUN_META), "w") as f:
-            json.dump({"model": mc.to_dict(), "selection": selection}, f, indent=2)
+            json.dump({"model": mc.to_dict(), "selection": selection,
+                       "lora": config_lib.to_dict(tc.lora)}, f, indent=2)
     tx, schedule = make_optimizer(cfg.optim, tc.steps, trainable)
     opt_state = jax.jit(tx.init)(trainable)
     train_state = _on_mesh({"step": jnp.zeros((), jnp.int32), "trainable": trainable,
@@ -234,7 +245,8 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
         log.info("resumed %s from step %d", run_dir, start)
     start = start or 0
 
-    builder = StepBuilder(graphdef, treedef, paths, selection, tx, schedule, tc, mesh, rules)
+    builder = StepBuilder(graphdef, treedef, paths, selection, tx, schedule, tc, mesh, rules,
+                          lora=tc.lora if tc.lora.rank > 0 else None, num_layers=mc.num_layers)
     batch_sh = NamedSharding(mesh, parallel.logical_to_spec(
         ("batch", "length"), rules, mesh, (cfg.data.batch_size, cfg.data.seq_len)))
     step_fn = jax.jit(builder.train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
@@ -353,6 +365,7 @@ def load_run(run_dir: str, step: int | None = None, mesh=None,
     ckpt.close()
     trainable = {k: v for k, v in state["trainable"].items() if k != "mtp_head"}
     full = P.merge(trainable, frozen, selection)
+    full = lora_lib.apply(full, ConfigDict(meta["lora"]), mc.num_layers)
     placed = [jax.device_put(jnp.asarray(full[p], structs[p].dtype), structs[p].sharding)
               for p in paths]
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, placed))

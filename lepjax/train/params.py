@@ -7,6 +7,7 @@ rest (`frozen`) is held as is, bit-identical, in `frozen_dtype` if asked.
 
 Presets of `train.trainable`:
   all          every parameter
+  none         nothing (with LoRA: only the adapters train)
   embeddings   input embeddings and LM head (the LEP recipe)
   2x2ls        embeddings, LM head, final norm and layers 0, 1, -2, -1 (Yamaguchi et al.)
 or a comma-separated list of path prefixes, with `layers[i,j,...]` for layer slices, e.g.
@@ -25,6 +26,7 @@ import numpy as np
 
 PRESETS = {
     "all": "*",
+    "none": "",
     "embeddings": "embed,lm_head",
     "2x2ls": "embed,lm_head,final_norm,layers[0,1,-2,-1]",
 }
@@ -61,6 +63,8 @@ def select(spec: str, paths: list[str], num_layers: int) -> Selection:
     spec = PRESETS.get(spec, spec)
     if spec.strip() == "*":
         return {p: None for p in paths}
+    if not spec.strip():
+        return {}
     selection: Selection = {}
     for item in _split(spec):
         m = re.fullmatch(r"([\w/]+)(?:\[([-\d,\s]+)\])?", item)

@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from lepjax import parallel
+from lepjax.train import lora as lora_lib
 from lepjax.train import params as P
 
 
@@ -69,13 +70,16 @@ class StepBuilder:
 
     def __init__(self, graphdef, treedef, paths: list[str], selection: P.Selection,
                  tx: optax.GradientTransformation | None, schedule, train_cfg: Any,
-                 mesh=None, rules=parallel.DEFAULT_RULES):
+                 mesh=None, rules=parallel.DEFAULT_RULES, lora=None, num_layers: int = 0):
+        self.lora, self.num_layers = lora, num_layers
         self.graphdef, self.treedef, self.paths = graphdef, treedef, paths
         self.selection, self.tx, self.schedule, self.cfg = selection, tx, schedule, train_cfg
         self.mesh, self.rules = mesh, rules
 
     def model(self, trainable, frozen):
         full = P.merge(trainable, frozen, self.selection)
+        if self.lora is not None:
+            full = lora_lib.apply(full, self.lora, self.num_layers)
         state = jax.tree.unflatten(self.treedef, [full[p] for p in self.paths])
         return nnx.merge(self.graphdef, state)
 
