@@ -292,3 +292,27 @@ def test_lora_trains_only_adapters_and_merges_exactly(ru_data, tmp_path):
 
     tokens = random_tokens(2, 16, vocab=32000)
     np.testing.assert_allclose(hf_logits(hf, tokens), np.asarray(model(tokens)), atol=1e-4)
+
+
+def test_eval_reports_loss_and_bits_per_byte(ru_data, tmp_path):
+    cfg = config(ru_data, tmp_path / "run", steps=4, eval_every=2, eval_batches=3)
+    cfg.data.eval_paths = (ru_data,)
+    loop.train(cfg)
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        evals = [m for m in map(json.loads, f) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [2, 4]
+    for m in evals:
+        # bits per byte = nats per token / ln 2 * tokens / bytes; Russian is ~2 bytes a char
+        assert 0 < m["eval_bits_per_byte"] < m["eval_loss"] / np.log(2)
+
+
+def test_token_byte_lengths_sum_to_text_bytes():
+    from lepjax.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(MISTRAL_SP)
+    table = tok.token_byte_lengths()
+    with open(os.path.join(HERE, "fixtures", "ru_gsd_test.txt"), encoding="utf-8") as f:
+        lines = f.read().splitlines()[:100]
+    for line, ids in zip(lines, tok.encode_batch(lines)):
+        assert table[ids].sum() == len(line.encode()) + 1  # + SentencePiece's leading space
+    assert table[tok.bos_id] == table[tok.eos_id] == 0

@@ -77,6 +77,39 @@ class TextTokenizer:
             return pieces
         return [self.impl.id_to_piece(i) for i in range(self.impl.get_piece_size())]
 
+    def token_byte_lengths(self):
+        """UTF-8 bytes each token id stands for in decoded text (0 for special tokens).
+
+        SentencePiece-style pieces count "▁" as a space and byte-fallback pieces `<0xNN>` as one
+        byte; byte-level BPE pieces count one byte per character. Summed over a text's tokens,
+        this is the text's byte length (plus one for SentencePiece's leading-space marker), the
+        denominator of bits per byte.
+        """
+        import numpy as np
+
+        pieces = self.vocabulary()
+        out = np.zeros(len(pieces), np.int32)
+        if self.kind == "sentencepiece":
+            sp = self.impl
+            for i, piece in enumerate(pieces):
+                if sp.is_control(i) or sp.is_unknown(i):
+                    continue
+                out[i] = 1 if sp.is_byte(i) else len(piece.replace("\u2581", " ").encode())
+            return out
+        spec = json.loads(self.impl.to_str())
+        special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+        byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
+        for i, piece in enumerate(pieces):
+            if i in special or not piece:
+                continue
+            if byte_level:
+                out[i] = len(piece)
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                out[i] = 1
+            else:
+                out[i] = len(piece.replace("\u2581", " ").encode())
+        return out
+
     def fingerprint(self) -> str:
         """A hash of the vocabulary (pieces by id) and BOS/EOS: equal vocabularies, equal hashes."""
         h = hashlib.sha256()

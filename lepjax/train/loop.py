@@ -319,19 +319,36 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
 
 
 def evaluate(cfg, eval_fn, train_state, frozen, mesh, rules, vocab_size) -> dict[str, float]:
-    """Held-out loss (nats per trained token) over `train.eval_batches` batches."""
+    """Held-out loss (nats per trained token) and bits per byte over `train.eval_batches`
+    batches of `data.eval_paths` (always the same batches: the loader starts afresh)."""
     loader = Loader.from_config(cfg.data, paths=list(cfg.data.eval_paths), vocab_size=vocab_size)
-    ce = tokens = 0.0
+    table = _byte_table(loader)
+    ce = tokens = nbytes = 0.0
     for _ in range(cfg.train.eval_batches):
         try:
             batch = loader.global_batch(next(loader), mesh, rules)
         except StopIteration:
             break
-        out = jax.device_get(eval_fn(train_state["trainable"], frozen, batch))
+        out = jax.device_get(eval_fn(train_state["trainable"], frozen, batch, table))
         ce += float(out["ce_sum"])
         tokens += float(out["tokens"])
-    return {"eval_loss": ce / max(tokens, 1.0), "eval_tokens": tokens,
-            "eval_bits_per_token": ce / max(tokens, 1.0) / np.log(2)}
+        nbytes += float(out.get("bytes", 0.0))
+    result = {"eval_loss": ce / max(tokens, 1.0), "eval_tokens": tokens}
+    if nbytes:
+        result["eval_bits_per_byte"] = ce / np.log(2) / nbytes
+    return result
+
+
+def _byte_table(loader: Loader):
+    """Bytes per token id of the eval data's tokenizer (None if the tokenizer is not at hand)."""
+    from lepjax.data.tokenizer import load_tokenizer
+
+    path = loader.datasets[0].metadata.get("tokenizer", {}).get("path", "")
+    try:
+        return jnp.asarray(load_tokenizer(path).token_byte_lengths())
+    except (FileNotFoundError, ValueError):
+        log.warning("eval: tokenizer %r not found; bits per byte not reported", path)
+        return None
 
 
 def load_run(run_dir: str, step: int | None = None, mesh=None,

@@ -152,10 +152,14 @@ class StepBuilder:
             out["mtp_loss"] = metrics["mtp_ce_sum"] / n
         return new, out
 
-    def eval_step(self, trainable, frozen, batch):
-        """Summed CE and token count of a batch (no gradients)."""
+    def eval_step(self, trainable, frozen, batch, byte_lengths=None):
+        """Summed CE, trained-token count and (with a token byte-length table) the bytes those
+        target tokens stand for, for bits per byte; no gradients."""
         _, metrics = self.summed_loss(trainable, frozen, batch)
-        return {"ce_sum": metrics["ce_sum"], "tokens": metrics["tokens"]}
+        out = {"ce_sum": metrics["ce_sum"], "tokens": metrics["tokens"]}
+        if byte_lengths is not None:
+            out["bytes"] = (jnp.take(byte_lengths, batch["targets"]) * batch["loss_mask"]).sum()
+        return out
 
 
 def jit_train_step(builder: StepBuilder, state_shardings, frozen_shardings, batch_sharding
