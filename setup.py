@@ -27,6 +27,8 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.26",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "pyarrow>=14",
     ],
     extras_require={
         # torch: install the CPU build first (`pip install torch==2.13.0`); any >=2.4 is accepted

@@ -61,6 +61,8 @@ def test_loss_falls(ru_data, tmp_path):
     ls = losses(tmp_path / "run")
     assert ls[10] > 9.0  # ~ln(32000) at the start
     assert result["loss"] < ls[10] - 3.0
+    events = os.listdir(tmp_path / "run" / "tensorboard")
+    assert any(f.startswith("events.out.tfevents") for f in events)
 
 
 TRAIN_CMD = [sys.executable, "-m", "lepjax", "train"]

@@ -241,6 +241,11 @@ PRESETS: dict[str, ModelConfig] = {
         num_kv_heads=8, head_dim=128, rope_theta=10000.0, rms_norm_eps=1e-5,
         max_position_embeddings=32768, sliding_window=4096, architecture="mistral",
         checkpoint_dtype="bfloat16"),
+    # The 1.1B Llama shape of the training benchmark (TinyLlama-1.1B).
+    "llama_1_1b": ModelConfig(
+        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
+        num_kv_heads=4, head_dim=64, rope_theta=10000.0, rms_norm_eps=1e-5,
+        max_position_embeddings=2048, checkpoint_dtype="bfloat16"),
     # Tiny configurations for tests and CPU demos (random weights).
     "tiny_llama2": ModelConfig(
         vocab_size=512, hidden_size=64, intermediate_size=160, num_layers=2, num_heads=4,
