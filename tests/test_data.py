@@ -317,3 +317,31 @@ def test_empty_inputs_and_bad_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
         cfg.inputs = (str(tmp_path / "nope.txt"),)
         prepare(cfg, progress=False)
+
+
+def test_parquet_jsonl_and_paragraph_sources(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = ru_lines(30)
+    pq.write_table(pa.table({"body": lines}), tmp_path / "a.parquet")
+    (tmp_path / "b.jsonl").write_text(
+        "\n".join(json.dumps({"body": x}, ensure_ascii=False) for x in lines), encoding="utf-8")
+    (tmp_path / "c.txt").write_text("\n".join(lines[:3]) + "\n\n" + lines[3] + "\n", encoding="utf-8")
+    tok = load_tokenizer(MISTRAL_SP)
+    for name, extra in [("a.parquet", {"text_field": "body"}), ("b.jsonl", {"text_field": "body"}),
+                        ("c.txt", {"text_mode": "paragraph"})]:
+        cfg = default_config()
+        cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(tmp_path / name),),
+                        output_dir=str(tmp_path / f"out_{name}"), num_proc=1, **extra))
+        prepare(cfg, progress=False)
+        ds = records.open_dataset(str(tmp_path / f"out_{name}"))
+        docs = [tok.decode(r["tokens"][1:-1]) for r in map(
+            records.decode, __import__("grain").sources.ArrayRecordDataSource(ds.shard_paths))]
+        expected = ["\n".join(lines[:3]), lines[3]] if name == "c.txt" else lines
+        assert docs == expected, name
+    cfg = default_config()
+    cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(tmp_path / "b.jsonl"),),
+                    output_dir=str(tmp_path / "bad"), num_proc=1))
+    with pytest.raises(ValueError, match="no field .text."):
+        prepare(cfg, progress=False)

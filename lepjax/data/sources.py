@@ -64,10 +64,10 @@ def _pick(record: dict[str, Any], where: str, text_field: str, prompt_field: str
     if prompt_field or target_field:
         missing = [f for f in (prompt_field, target_field) if f not in record]
         if missing:
-            raise KeyError(f"{where}: no field {missing[0]!r} (fields: {sorted(record)})")
+            raise ValueError(f"{where}: no field {missing[0]!r} (fields: {sorted(record)})")
         return {"prompt": str(record[prompt_field]), "target": str(record[target_field])}
     if text_field not in record:
-        raise KeyError(f"{where}: no field {text_field!r} (fields: {sorted(record)}); set "
+        raise ValueError(f"{where}: no field {text_field!r} (fields: {sorted(record)}); set "
                        "text_field")
     text = record[text_field]
     return {"text": str(text)} if text and str(text).strip() else None
@@ -100,7 +100,7 @@ def read_parquet(path: str, text_field: str = "text", prompt_field: str = "",
     pf = pq.ParquetFile(path)
     missing = [c for c in columns if c not in pf.schema_arrow.names]
     if missing:
-        raise KeyError(f"{path}: no column {missing[0]!r} (columns: {pf.schema_arrow.names})")
+        raise ValueError(f"{path}: no column {missing[0]!r} (columns: {pf.schema_arrow.names})")
     for batch in pf.iter_batches(columns=columns):
         for row in batch.to_pylist():
             ex = _pick(row, path, text_field, prompt_field, target_field)
