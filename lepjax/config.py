@@ -53,13 +53,16 @@ def mesh_section() -> ConfigDict:
       data, fsdp, tensor: mesh axis sizes; exactly one may be -1.
       rules: ((logical_axis, mesh_axes), ...), mapping logical axes to mesh axes;
         see `lepjax.parallel.DEFAULT_RULES`.
+      dcn_data, dcn_fsdp, dcn_tensor: how many slices / nodes each axis spans over the
+        data-centre network (1 = within one); data, fsdp, tensor are then per slice / node.
       coordinator_address, num_processes, process_id: multi-process JAX (host:port of process
         0, process count, this process's id); empty = single process, or the
         LEPJAX_COORDINATOR_ADDRESS / LEPJAX_NUM_PROCESSES / LEPJAX_PROCESS_ID environment.
     """
     from lepjax.parallel import DEFAULT_RULES
 
-    return ConfigDict(dict(data=1, fsdp=-1, tensor=1, rules=DEFAULT_RULES,
+    return ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
+                           rules=DEFAULT_RULES,
                            coordinator_address="", num_processes=0, process_id=-1))
 
 

@@ -43,13 +43,21 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 Rules = Sequence[tuple[str, str | Sequence[str] | None]]
 
 
-def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None,
+              dcn: Mapping[str, int] | None = None) -> Mesh:
     """A mesh over `devices` (default: all) with axes (data, fsdp, tensor).
 
     `shape` maps axis name to size; one size may be -1, meaning "the rest of the devices"; missing
-    axes have size 1. Default: `{"fsdp": -1}`.
+    axes have size 1. Default: `{"fsdp": -1}`. `dcn` gives, per axis, how many slices / nodes
+    (groups of devices joined by the data-centre network) it spans: `shape` is then the layout
+    within one slice or node (ICI / NVLink) and the mesh is built with
+    `mesh_utils.create_hybrid_device_mesh`, so that e.g. data parallelism crosses nodes while
+    FSDP stays inside them.
     """
     devices = list(jax.devices() if devices is None else devices)
+    dcn = {a: int(v) for a, v in (dcn or {}).items() if int(v) != 1}
+    if dcn:
+        return _hybrid_mesh(shape or {"fsdp": -1}, dcn, devices)
     shape = dict(shape if shape is not None else {"fsdp": -1})
     unknown = sorted(set(shape) - set(MESH_AXES))
     if unknown:
@@ -77,6 +85,36 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[Any] | N
         grid = mesh_utils.create_device_mesh([sizes[a] for a in MESH_AXES], devices=devices)
     except (ValueError, NotImplementedError, AssertionError):
         grid = np.asarray(devices, dtype=object).reshape([sizes[a] for a in MESH_AXES])
+    return Mesh(grid, MESH_AXES)
+
+
+def _hybrid_mesh(shape: Mapping[str, int], dcn: Mapping[str, int], devices: list) -> Mesh:
+    from jax.experimental import mesh_utils
+
+    unknown = sorted((set(shape) | set(dcn)) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"unknown mesh axes {unknown}; valid axes: {list(MESH_AXES)}")
+    dcn_sizes = [int(dcn.get(a, 1)) for a in MESH_AXES]
+    if any(s < 1 for s in dcn_sizes):
+        raise ValueError(f"DCN sizes must be positive, got {dict(dcn)}")
+    slices = math.prod(dcn_sizes)
+    if len(devices) % slices:
+        raise ValueError(f"DCN mesh {dict(dcn)} spans {slices} slices/nodes, which does not divide "
+                         f"the {len(devices)} devices")
+    per_slice = len(devices) // slices
+    try:
+        inner = make_mesh(shape, devices=devices[:per_slice])  # validates and resolves -1
+    except ValueError as e:
+        raise ValueError(f"within each of the {slices} slices/nodes of DCN mesh {dict(dcn)} "
+                         f"({per_slice} devices each): {e}") from None
+    ici = [inner.shape[a] for a in MESH_AXES]
+    if hasattr(devices[0], "slice_index"):  # TPU slices: let JAX order devices by topology
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn_sizes, devices=devices,
+                                                    allow_split_physical_axes=True)
+    else:  # GPU nodes / CPU processes: consecutive blocks of devices form a node
+        blocks = np.asarray(devices, dtype=object).reshape(*dcn_sizes, *ici)
+        grid = blocks.transpose(0, 3, 1, 4, 2, 5).reshape(
+            [d * i for d, i in zip(dcn_sizes, ici)])
     return Mesh(grid, MESH_AXES)
 
 
@@ -166,15 +204,40 @@ def rules_from_config(rules: Any) -> Rules:
     return tuple(out)
 
 
+def detect_cluster(env: dict[str, str] | None = None) -> str | None:
+    """The multi-process cluster this process runs in, from its environment, or None.
+
+    'tpu' for a multi-host TPU slice, 'slurm' for a SLURM job with several tasks, 'mpi' for an
+    Open MPI launch with several ranks. JAX's own `jax.distributed.initialize()` reads the same
+    environments to find the coordinator.
+    """
+    env = os.environ if env is None else env
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "tpu"
+    if int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1) > 1 \
+            and "SLURM_PROCID" in env:
+        return "slurm"
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        return "mpi"
+    return None
+
+
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> None:
-    """Start multi-process JAX when asked; otherwise stay single-process. Logs the topology once.
+    """Start multi-process JAX when asked or when a cluster is detected; otherwise stay
+    single-process. Logs this process's rank and devices once.
 
     The coordinator comes from the arguments, else from the environment variables
-    LEPJAX_COORDINATOR_ADDRESS / LEPJAX_NUM_PROCESSES / LEPJAX_PROCESS_ID. On CPU the
-    cross-process collectives use gloo. Call before anything touches a JAX device.
+    LEPJAX_COORDINATOR_ADDRESS / LEPJAX_NUM_PROCESSES / LEPJAX_PROCESS_ID, else from the
+    cluster (TPU pod, SLURM, Open MPI; see `detect_cluster`). On CPU the cross-process
+    collectives use gloo. Call before anything touches a JAX device.
     """
     address = coordinator_address or os.environ.get("LEPJAX_COORDINATOR_ADDRESS", "")
-    if address and not _distributed_initialized():
+    cluster = None if address else detect_cluster()
+    if cluster and not _distributed_initialized():
+        log.info("detected a %s cluster: initialising jax.distributed from its environment",
+                 cluster)
+        jax.distributed.initialize()
+    elif address and not _distributed_initialized():
         n = num_processes or int(os.environ.get("LEPJAX_NUM_PROCESSES", "0"))
         pid = process_id if process_id >= 0 else int(os.environ.get("LEPJAX_PROCESS_ID", "-1"))
         if n <= 0 or not 0 <= pid < n:
@@ -194,6 +257,15 @@ def _distributed_initialized() -> bool:
         from jax._src import distributed
 
         return distributed.global_state.client is not None
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is true on any (e.g. one process got SIGTERM)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
 def broadcast_decision(value: bool) -> bool:

@@ -61,7 +61,8 @@ def from_config(section: Any, mesh: Mesh | None = None,
 def mesh_from_config(section: Any) -> tuple[Mesh, parallel.Rules]:
     """(mesh, rules) from a config `mesh` section (see `lepjax.config.mesh_section`)."""
     shape = {a: section[a] for a in parallel.MESH_AXES if a in section}
-    return parallel.make_mesh(shape), parallel.rules_from_config(section.get("rules"))
+    dcn = {a: section.get(f"dcn_{a}", 1) for a in parallel.MESH_AXES}
+    return parallel.make_mesh(shape, dcn=dcn), parallel.rules_from_config(section.get("rules"))
 
 
 def make_forward(

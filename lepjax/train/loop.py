@@ -303,7 +303,7 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
                 if eval_fn is not None and step % tc.eval_every == 0:
                     writer.write(step, evaluate(cfg, eval_fn, train_state, frozen, mesh, rules,
                                                 mc.vocab_size))
-                preempted = preempt.requested or ckpt.reached_preemption(step)
+                preempted = parallel.any_process(preempt.requested) or ckpt.reached_preemption(step)
                 if (tc.save_every and step % tc.save_every == 0) or preempted:
                     ckpt.save(step, train_state, _data_state(loader), wait=preempted)
                 if preempted:
