@@ -1,0 +1,107 @@
+"""Writing tokenizers: Hugging Face `tokenizer.json` + `tokenizer_config.json`, SentencePiece `.model`.
+
+A tokenizer directory written here loads with `tokenizers.Tokenizer.from_file`,
+`transformers.AutoTokenizer.from_pretrained`, `lepjax.vocab.load_tokenizer` and (for SentencePiece
+sources) `sentencepiece.SentencePieceProcessor`. Directories are written aside and renamed when
+complete; `vocab.json` records how the vocabulary was made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from lepjax.vocab import bpe
+from lepjax.vocab.tokenizer import BYTE_LEVEL, VocabTokenizer
+
+VOCAB_META = "vocab.json"
+
+
+def prepare_output(path: str, overwrite: bool) -> str:
+    """Check `path` may be written; returns its `.partial` sibling, emptied."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
+        raise FileExistsError(f"output {path} exists and is not empty; set overwrite=True "
+                              "(--config.overwrite=true) to replace it")
+    tmp = path + ".partial"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    return tmp
+
+
+def commit_output(tmp: str, path: str) -> str:
+    """Rename a finished `.partial` directory over `path`."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def tokenizer_config(tok: VocabTokenizer) -> dict[str, Any]:
+    """The `tokenizer_config.json` for transformers, special tokens with their ids."""
+    decoder = {str(i): {"content": p, "lstrip": False, "normalized": False, "rstrip": False,
+                        "single_word": False, "special": True} for i, p in sorted(tok.special.items())}
+    for i, p in sorted(tok.user_defined.items()):
+        decoder[str(i)] = {**decoder.get(str(i), {}), "content": p, "lstrip": False,
+                           "normalized": False, "rstrip": False, "single_word": False,
+                           "special": False}
+    cfg: dict[str, Any] = {
+        "added_tokens_decoder": decoder, "bos_token": tok.bos, "eos_token": tok.eos,
+        "clean_up_tokenization_spaces": False, "model_max_length": 1 << 30,
+        "add_bos_token": tok.bos is not None, "add_eos_token": False,
+    }
+    if tok.kind == BYTE_LEVEL:
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    else:
+        cfg.update(tokenizer_class="LlamaTokenizerFast", unk_token=tok.unk, legacy=True,
+                   add_prefix_space=None, pad_token=None)
+    return cfg
+
+
+def write_tokenizer_files(tok: VocabTokenizer, directory: str) -> list[str]:
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (+ tokenizer.model)."""
+    os.makedirs(directory, exist_ok=True)
+    written = []
+
+    def dump(name: str, obj: Any) -> None:
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+            if name == "tokenizer.json":
+                f.write(bpe.dumps(obj))
+            else:
+                json.dump(obj, f, ensure_ascii=False, indent=2)
+        written.append(name)
+
+    dump("tokenizer.json", tok.to_json())
+    dump("tokenizer_config.json", tokenizer_config(tok))
+    special_map = {k: v for k, v in (("bos_token", tok.bos), ("eos_token", tok.eos),
+                                     ("unk_token", tok.unk)) if v}
+    dump("special_tokens_map.json", special_map)
+    if tok.sp_proto is not None:
+        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(tok.sp_proto.SerializeToString())
+        written.append("tokenizer.model")
+    return written
+
+
+def save_tokenizer(tok: VocabTokenizer, path: str, meta: dict[str, Any] | None = None,
+                   overwrite: bool = False) -> str:
+    """Write a tokenizer directory atomically, with `vocab.json` (how it was made)."""
+    tmp = prepare_output(path, overwrite)
+    write_tokenizer_files(tok, tmp)
+    with open(os.path.join(tmp, VOCAB_META), "w", encoding="utf-8") as f:
+        json.dump({"format": "lepjax-vocab", "kind": tok.kind, "vocab_size": tok.vocab_size,
+                   **(meta or {})}, f, ensure_ascii=False, indent=2)
+    return commit_output(tmp, path)
+
+
+def read_vocab_meta(directory: str) -> dict[str, Any]:
+    """The `vocab.json` of a directory written by `save_tokenizer` ({} when absent)."""
+    path = os.path.join(directory, VOCAB_META)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
