@@ -52,18 +52,26 @@ def attention_mask(
     return mask
 
 
-def xla_attention(q, k, v, segment_ids, sliding_window):
-    """Reference attention. q: [b, t, h, d]; k, v: [b, t, kv, d] -> [b, t, h, d]."""
+def masked_attention(q, k, v, mask):
+    """Grouped-query attention under an explicit boolean mask [b, t, s] (True = attend).
+
+    q: [b, t, h, d]; k, v: [b, s, kv, d] -> [b, t, h, d]; float32 logits and softmax.
+    """
     b, t, h, d = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, h // kv, d)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
     logits = logits * (d**-0.5)
-    mask = attention_mask(segment_ids, t, sliding_window, b)[:, None, None]
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def xla_attention(q, k, v, segment_ids, sliding_window):
+    """Reference attention. q: [b, t, h, d]; k, v: [b, t, kv, d] -> [b, t, h, d]."""
+    b, t = q.shape[:2]
+    return masked_attention(q, k, v, attention_mask(segment_ids, t, sliding_window, b))
 
 
 def cudnn_attention(q, k, v, segment_ids, sliding_window):
@@ -146,7 +154,7 @@ class Attention(nnx.Module):
                        ("heads", "head_dim", "embed"), pd, std=std, stack=stack)
         self.config = config
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None):
+    def _qkv(self, x, positions):
         c = self.config
         dt = c.dtype
         q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
@@ -156,6 +164,33 @@ class Attention(nnx.Module):
         q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
         k = constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        return q, k, v
+
+    def decode(self, x, positions, cache_k, cache_v, index, kv_valid):
+        """Attention of new tokens x [b, t, d] written into a KV cache at slots index..index+t.
+
+        cache_k/v: [b, S, kv, hd]; kv_valid [b, S]: slots holding real tokens (not padding).
+        Each new token attends to valid slots up to its own, within the sliding window.
+        Returns (output [b, t, d], cache_k, cache_v).
+        """
+        c = self.config
+        q, k, v = self._qkv(x, positions)
+        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, 1)
+        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, 1)
+        t, S = x.shape[1], cache_k.shape[1]
+        q_slot = index + jnp.arange(t)[:, None]
+        k_slot = jnp.arange(S)[None, :]
+        mask = k_slot <= q_slot
+        if c.sliding_window is not None:
+            mask &= k_slot > q_slot - c.sliding_window
+        mask = mask[None] & kv_valid[:, None, :]
+        out = masked_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask)
+        return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(c.dtype)), cache_k, cache_v
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None):
+        c = self.config
+        dt = c.dtype
+        q, k, v = self._qkv(x, positions)
         impl = resolve_implementation(c.attention, dt)
         out = KERNELS[impl](q, k, v, segment_ids, c.sliding_window)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))

@@ -38,6 +38,14 @@ class DecoderLayer(nnx.Module):
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "embed"))
 
+    def decode(self, x, positions, cache_k, cache_v, index, kv_valid):
+        """One layer over new tokens with a KV cache (see `Attention.decode`)."""
+        a, cache_k, cache_v = self.attn.decode(self.attn_norm(x), positions, cache_k, cache_v,
+                                               index, kv_valid)
+        x = x + a
+        x = x + self.mlp(self.mlp_norm(x))
+        return constrain(x, ("batch", "length", "embed")), cache_k, cache_v
+
 
 class Decoder(nnx.Module):
     """Decoder-only transformer. `model(tokens)` returns float32 logits [batch, length, vocab]."""
@@ -85,6 +93,32 @@ class Decoder(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT[c.remat_policy], prevent_cse=False)
         x, _ = jax.lax.scan(body, x, layer_state)
         return self.final_norm(x)
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> dict[str, jax.Array]:
+        """An empty KV cache: k, v [layers, batch, length, kv_heads, head_dim]."""
+        c = self.config
+        shape = (c.num_layers, batch, length, c.num_kv_heads, c.head_dim)
+        zeros = jnp.zeros(shape, dtype or c.dtype)
+        return {"k": zeros, "v": zeros}
+
+    def decode(self, tokens, positions, cache, index, kv_valid):
+        """Logits [b, t, vocab] of new tokens and the updated cache.
+
+        The new tokens occupy cache slots index..index+t; `kv_valid` [b, S] marks slots that hold
+        real tokens (False for padding). Prefill is a call with the whole (left-padded) prompt at
+        index 0; each decoding step then passes one token.
+        """
+        c = self.config
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(c.dtype)
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(h, xs):
+            state, ck, cv = xs
+            h, ck, cv = nnx.merge(graphdef, state).decode(h, positions, ck, cv, index, kv_valid)
+            return h, (ck, cv)
+
+        x, (k, v) = jax.lax.scan(body, x, (layer_state, cache["k"], cache["v"]))
+        return self.logits(self.final_norm(x)), {"k": k, "v": v}
 
     def lm_head_weight(self) -> jax.Array:
         """The output projection [embed, vocab] (the transposed embedding when tied)."""

@@ -1,0 +1,97 @@
+"""KV-cache decoding against transformers' generate, sampling controls, EOS and stop strings."""
+
+import mistral_common
+import numpy as np
+import os
+import pytest
+import torch
+from conftest import make_hf_model
+
+from lepjax import models
+from lepjax.generate import Generator, SamplingParams, sample
+
+MISTRAL_SP = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+
+
+def hf_greedy(hf, prompts, n):
+    P = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), P), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, P - len(p):] = torch.tensor(p)
+        mask[r, P - len(p):] = 1
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)
+    return out[:, P:].tolist()
+
+
+@pytest.fixture(scope="module", params=["llama3_1", "mistral", "tied"])
+def pair(request, tmp_path_factory):
+    hf = make_hf_model(request.param)
+    path = str(tmp_path_factory.mktemp("gen") / request.param)
+    hf.save_pretrained(path)
+    model, _ = models.load(path, dtype="float32")
+    return hf, model
+
+
+def test_greedy_matches_transformers_with_padding(pair):
+    hf, model = pair
+    prompts = [list(np.random.default_rng(i).integers(3, 256, n)) for i, n in enumerate([5, 11, 8])]
+    out = Generator(model, batch_size=4, length_bucket=8).generate(
+        prompts, SamplingParams(max_new_tokens=12))
+    assert [c.tokens for c in out] == hf_greedy(hf, prompts, 12)
+
+
+def test_greedy_matches_transformers_without_padding(pair):
+    hf, model = pair
+    prompt = list(np.random.default_rng(7).integers(3, 256, 16))
+    out = Generator(model, batch_size=1, length_bucket=16).generate(
+        [prompt], SamplingParams(max_new_tokens=10))
+    assert out[0].tokens == hf_greedy(hf, [prompt], 10)[0]
+
+
+def test_eos_and_sampling_controls(pair):
+    _, model = pair
+    gen = Generator(model, batch_size=2, length_bucket=8)
+    prompt = [5, 6, 7, 8]
+    greedy = gen.generate([prompt], SamplingParams(max_new_tokens=8))[0]
+    assert greedy.finish_reason == "length" and len(greedy.tokens) == 8
+    eos = greedy.tokens[3]
+    stopped = gen.generate([prompt], SamplingParams(max_new_tokens=8, eos_ids=(eos,)))[0]
+    assert stopped.finish_reason == "eos"
+    assert stopped.tokens == greedy.tokens[: greedy.tokens.index(eos)]
+    hot = SamplingParams(max_new_tokens=8, temperature=1.0, seed=3)
+    a, b = (gen.generate([prompt, prompt], hot) for _ in range(2))
+    assert [c.tokens for c in a] == [c.tokens for c in b]  # seeded
+    top1 = SamplingParams(max_new_tokens=8, temperature=1.0, top_k=1, seed=4)
+    assert gen.generate([prompt], top1)[0].tokens == greedy.tokens
+    tiny_p = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=5)
+    assert gen.generate([prompt], tiny_p)[0].tokens == greedy.tokens
+
+
+def test_top_k_and_top_p_truncate():
+    import jax
+
+    logits = jax.numpy.log(jax.numpy.asarray([[0.5, 0.3, 0.15, 0.05]]))
+    keys = jax.random.split(jax.random.PRNGKey(0), 200)
+    draws = lambda **kw: {int(sample(logits, k, 1.0, **kw)[0]) for k in keys}  # noqa: E731
+    assert draws(top_k=2, top_p=1.0) == {0, 1}
+    assert draws(top_k=0, top_p=0.7) == {0, 1}  # 0.5 < 0.7 <= 0.8
+    assert draws(top_k=0, top_p=1.0) == {0, 1, 2, 3}
+
+
+def test_stop_strings_cut_the_text():
+    from lepjax.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(MISTRAL_SP)
+    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
+                                                  dtype="float32"), seed=1)
+    gen = Generator(model, batch_size=1, length_bucket=8)
+    prompt = tok.encode_batch(["Привет, мир"])[0]
+    full = gen.generate([prompt], SamplingParams(max_new_tokens=6), tokenizer=tok)[0]
+    stop = tok.decode(full.tokens[3:5])
+    assert stop.strip()
+    cut = gen.generate([prompt], SamplingParams(max_new_tokens=6, stop=(stop,)), tokenizer=tok)[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text and full.text.startswith(cut.text)
