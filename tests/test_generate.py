@@ -95,3 +95,26 @@ def test_stop_strings_cut_the_text():
     cut = gen.generate([prompt], SamplingParams(max_new_tokens=6, stop=(stop,)), tokenizer=tok)[0]
     assert cut.finish_reason == "stop"
     assert stop not in cut.text and full.text.startswith(cut.text)
+
+
+def test_generate_cli_writes_completions(tmp_path):
+    import json
+    import shutil
+
+    from lepjax.cli import main
+
+    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
+                                                  dtype="float32"), seed=2)
+    path = models.save_hf(model, str(tmp_path / "m"))
+    shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}, ensure_ascii=False)
+                                 for p in ["Привет", "Как дела?", "Москва"]), encoding="utf-8")
+    out = tmp_path / "out" / "c.jsonl"
+    assert main(["generate", f"--config.model.path={path}", f"--config.prompts={prompts}",
+                 f"--config.output={out}", "--config.max_new_tokens=5",
+                 "--config.model.dtype=float32", "--config.length_bucket=8"]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["prompt"] for r in rows] == ["Привет", "Как дела?", "Москва"]
+    assert all(0 < len(r["tokens"]) <= 5 or r["finish_reason"] == "eos" for r in rows)
+    assert (tmp_path / "out" / "resolved_config.json").exists()
