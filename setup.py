@@ -28,6 +28,8 @@ setup(
         "numpy>=1.26",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
+        "matplotlib>=3.7",
+        "protobuf>=3.20",
         "pyarrow>=14",
     ],
     extras_require={

@@ -21,7 +21,8 @@ VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]
 DEFAULT_CONFIGS: dict[str, Callable] = {}
 
 # Modules that register further verbs with `@verb(...)` when imported.
-VERB_MODULES: list[str] = ["lepjax.data.cli", "lepjax.train.cli", "lepjax.generate_cli"]
+VERB_MODULES: list[str] = ["lepjax.data.cli", "lepjax.train.cli", "lepjax.generate_cli",
+                           "lepjax.vocab.cli"]
 
 
 def verb(name: str, help: str, default_config: Callable | None = None):

@@ -11,7 +11,7 @@ import pytest
 
 from lepjax import config as config_lib
 from lepjax import models
-from lepjax.cli import VERBS, main
+from lepjax.cli import VERBS, build_parser, main
 from lepjax.models.safetensors_io import open_tensors, write_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +143,9 @@ def test_forward_writes_resolved_config_and_matches_across_formats(hf_dir, tmp_p
             reports.append(json.load(f))
     assert reports[0]["shape"] == [2, 12, 256]
     assert reports[0]["logits_sum"] == pytest.approx(reports[1]["logits_sum"], abs=1e-6)
+
+
+build_parser()  # imports every verb module, so VERBS lists them all
 
 
 @pytest.mark.parametrize("verb", [None, *sorted(VERBS)])
