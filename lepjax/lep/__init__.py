@@ -1,0 +1,1 @@
+"""LEP: Learned Embedding Propagation (Tikhomirov & Chernyshev 2024)."""

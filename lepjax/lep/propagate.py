@@ -1,0 +1,161 @@
+"""`lepjax propagate`: move the embeddings a base model learnt for a new vocabulary into its
+instruction-tuned sibling.
+
+Inputs: the original base model B, its instruct sibling I (same architecture, I's vocabulary
+starts with B's), and the donor D = B after vocabulary adaptation and embedding training, with
+its new tokenizer. For the input embeddings and for the LM head separately, LEP fits W
+(`lepjax.lep.solve`) and sets I's new rows to E(D) · W. Tokens I has beyond B's vocabulary
+(chat-template and other added tokens) and I's special tokens keep I's own rows; the output
+tokenizer is D's vocabulary plus those added tokens, with I's chat template. Tied embeddings are
+projected once and stay tied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from lepjax.lep import solve
+
+log = logging.getLogger("lepjax.lep")
+
+
+def _rows(params: dict, module: str) -> np.ndarray:
+    from lepjax.models import io
+
+    x = io.to_host(params[module])
+    return x if module == "embed" else x.T  # the LM head is stored [embed, vocab]
+
+
+def _chat_template(directory: str) -> dict[str, Any]:
+    """I's chat template (tokenizer_config.json key or chat_template.jinja), if any."""
+    out: dict[str, Any] = {}
+    cfg = os.path.join(directory, "tokenizer_config.json")
+    if os.path.isfile(cfg):
+        with open(cfg, encoding="utf-8") as f:
+            template = json.load(f).get("chat_template")
+        if template:
+            out["chat_template"] = template
+    if os.path.isfile(os.path.join(directory, "chat_template.jinja")):
+        out["chat_template.jinja"] = os.path.join(directory, "chat_template.jinja")
+    return out
+
+
+def propagate(base: str, instruct: str, donor: str, output_dir: str, *, method: str = "conversion",
+              base_tokenizer: str = "", instruct_tokenizer: str = "", donor_tokenizer: str = "",
+              output_format: str = "lepjax", pad_multiple: int = 128,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Write the adapted instruct model to `output_dir`; returns a summary with the residuals."""
+    import jax
+
+    from lepjax import models
+    from lepjax.models import io
+    from lepjax.vocab.checkpoint import round_up
+    from lepjax.vocab.embedding_init import build_matrix, copy_map, plan_rows
+    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.writer import write_tokenizer_files
+
+    if method not in solve.METHODS:
+        raise ValueError(f"unknown LEP method {method!r}; choose one of {', '.join(solve.METHODS)}")
+    if output_format not in ("lepjax", "hf"):
+        raise ValueError(f"output_format must be lepjax or hf, got {output_format!r}")
+    io._check_destination(os.path.abspath(output_dir), overwrite)
+    t0 = time.perf_counter()
+    tok_b = load_tokenizer(base_tokenizer or base)
+    tok_i = load_tokenizer(instruct_tokenizer or instruct)
+    tok_d = load_tokenizer(donor_tokenizer or donor)
+    vb = tok_b.vocab_size
+    if tok_i.pieces[:vb] != tok_b.pieces:
+        raise ValueError(f"the instruct tokenizer ({tok_i.source}) does not start with the base "
+                         f"vocabulary ({tok_b.source}): LEP needs siblings")
+    model_b, cb = models.load(base, param_dtype="float32")
+    model_i, ci = models.load(instruct, param_dtype="float32")
+    model_d, cd = models.load(donor, param_dtype="float32")
+    for name, c, tok in (("base", cb, tok_b), ("instruct", ci, tok_i), ("donor", cd, tok_d)):
+        if c.vocab_size < tok.vocab_size:
+            raise ValueError(f"{name} checkpoint has {c.vocab_size} embedding rows but its "
+                             f"tokenizer has {tok.vocab_size} tokens: they do not belong together")
+    if (cb.hidden_size, ci.hidden_size, cd.hidden_size) != (ci.hidden_size,) * 3:
+        raise ValueError("base, instruct and donor must share the hidden size")
+    pb, pi, pd = (io.pure_params(m) for m in (model_b, model_i, model_d))
+    del model_b, model_d
+
+    plan = plan_rows(tok_b, tok_d, "mean", progress=False)
+    special_b = set(tok_b.special)
+    stat_rows = np.array([i for i in range(vb) if i not in special_b], np.int64)
+    to_new = lambda e: build_matrix(np.asarray(e, np.float64), plan, tok_d.vocab_size,  # noqa: E731
+                                    stat_rows)
+    shared = copy_map(tok_b, tok_d)
+    overlap_rows = shared[shared >= 0]
+    # I's own tokens: those beyond B's vocabulary (appended) and I's special tokens (kept).
+    d_ids = tok_d.piece_to_id
+    added = [(i, p) for i, p in enumerate(tok_i.pieces[vb:], start=vb) if p not in d_ids]
+    kept = [(i, d_ids[p]) for i, p in tok_i.special.items() if p in d_ids]
+    kept += [(i, d_ids[p]) for i, p in enumerate(tok_i.pieces[vb:], start=vb) if p in d_ids]
+    rows_out = round_up(tok_d.vocab_size + len(added), pad_multiple)
+
+    modules = ["embed"] if ci.tie_word_embeddings else ["embed", "lm_head"]
+    new_rows, residuals = {}, {}
+    for module in modules:
+        e_b, e_i, e_d = _rows(pb, module), _rows(pi, module), _rows(pd, module)
+        w, res = solve.fit(method, e_b[:vb], e_i[:vb], overlap_rows=overlap_rows, to_new=to_new)
+        out = np.zeros((rows_out, e_i.shape[1]), np.float32)
+        out[: tok_d.vocab_size] = solve.apply(e_d[: tok_d.vocab_size], w, np.float32)
+        for i_id, d_id in kept:
+            out[d_id] = e_i[i_id]
+        for k, (i_id, _) in enumerate(added):
+            out[tok_d.vocab_size + k] = e_i[i_id]
+        new_rows[module] = out
+        residuals[module] = res
+        log.info("LEP %s %s: relative residual %.3e", method, module, res)
+
+    config = ci.replace(vocab_size=rows_out, bos_token_id=tok_d.piece_to_id.get(tok_d.bos or "", ci.bos_token_id),
+                        eos_token_id=ci.eos_token_id)
+
+    def make(path, struct, sharding):
+        if path == ("embed",):
+            return jax.device_put(new_rows["embed"], sharding)
+        if path == ("lm_head",):
+            return jax.device_put(np.ascontiguousarray(new_rows["lm_head"].T), sharding)
+        node = pi
+        for k in path:
+            node = node[k]
+        return jax.device_put(np.asarray(io.to_host(node), struct.dtype), sharding)
+
+    adapted = io.build_from_arrays(config, make)
+    # The output tokenizer: D's vocabulary + I's added tokens, I's chat template.
+    pieces = tok_d.pieces + [p for _, p in added]
+    special = dict(tok_d.special)
+    user = dict(tok_d.user_defined)
+    for k, (i_id, p) in enumerate(added):
+        (special if i_id in tok_i.special else user)[tok_d.vocab_size + k] = p
+    tok_out = dataclasses.replace(tok_d, pieces=pieces, special=special, user_defined=user,
+                                  sp_proto=None if added else tok_d.sp_proto)
+    with tempfile.TemporaryDirectory() as tdir:
+        write_tokenizer_files(tok_out, tdir)
+        chat = _chat_template(os.path.dirname(tok_i.source) if os.path.isfile(tok_i.source)
+                              else tok_i.source)
+        if "chat_template" in chat:
+            cfg_path = os.path.join(tdir, "tokenizer_config.json")
+            with open(cfg_path, encoding="utf-8") as f:
+                cfg = json.load(f)
+            cfg["chat_template"] = chat["chat_template"]
+            with open(cfg_path, "w", encoding="utf-8") as f:
+                json.dump(cfg, f, ensure_ascii=False, indent=2)
+        if "chat_template.jinja" in chat:
+            shutil.copy(chat["chat_template.jinja"], os.path.join(tdir, "chat_template.jinja"))
+        save = models.save_hf if output_format == "hf" else models.save
+        out = save(adapted, output_dir, tokenizer_from=tdir, overwrite=overwrite)
+    return {"output": out, "method": method, "format": output_format,
+            "residuals": residuals, "donor_vocab": tok_d.vocab_size,
+            "added_from_instruct": [p for _, p in added], "kept_from_instruct": len(kept),
+            "rows": rows_out, "tied": ci.tie_word_embeddings,
+            "seconds": round(time.perf_counter() - t0, 2)}
