@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install lepjax into ./.venv (created if missing) and run the main job on the CPU: a tiny
-# Llama 3 style model written in Hugging Face format, converted to lepjax, and run sharded over
-# the available devices, printing a checksum of its logits.
+# Install lepjax into ./.venv (created if missing) and run the main job on the CPU: the whole LEP
+# adaptation (`lepjax adapt --config=configs/demo.py`) on a tiny model family built on the spot
+# (a base pre-trained briefly on bundled English text and an instruct sibling tuned from it),
+# adapted to the bundled Russian sample: vocabulary extension, embedding training, LEP, exports
+# and evaluation, with a summary at the end. A few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -9,8 +11,4 @@ VENV=${VENV:-.venv}
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q -e .
-WORK=${WORK:-runs/quickstart}
-lepjax init "$WORK/tiny-hf" --preset tiny_llama3 --format hf --overwrite
-lepjax convert "$WORK/tiny-hf" "$WORK/tiny-lepjax" --overwrite
-lepjax forward --config=configs/forward.py --config.model.path="$WORK/tiny-lepjax" \
-  --config.output_dir="$WORK/forward"
+lepjax adapt --config=configs/demo.py "$@"
