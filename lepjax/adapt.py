@@ -10,6 +10,9 @@ complete, so a rerun after a crash continues where it stopped):
   prepare    tokenise the target text (train) and held-out text with the new tokenizer
   train      train the embeddings only (input embeddings + LM head) of the resized base -> donor
   propagate  LEP: the donor's embeddings into the instruct model
+  calibrate  (optional, calibrate.enabled) self-calibration: LoRA on the first and last layers
+             with embeddings and LM head trainable, on the instruct model's own answers to
+             target-text prompts plus copy tasks
   export     Hugging Face exports of the donor and the adapted instruct model
   evaluate   characters per token before/after, held-out bits per byte of base and donor
 
@@ -30,7 +33,7 @@ from ml_collections import ConfigDict
 
 log = logging.getLogger("lepjax.adapt")
 
-STAGES = ("demo", "vocab", "prepare", "train", "propagate", "export", "evaluate")
+STAGES = ("demo", "vocab", "prepare", "train", "propagate", "calibrate", "export", "evaluate")
 
 
 def default_config() -> ConfigDict:
@@ -47,6 +50,8 @@ def default_config() -> ConfigDict:
       train.steps, train.lr, train.warmup_steps, train.weight_decay: embedding-only LAPT.
       model.dtype, model.remat_policy: compute settings for training.
       propagate.method: conversion | overlap | swap.
+      calibrate.enabled, calibrate.prompts, calibrate.max_new_tokens, calibrate.steps,
+        calibrate.lr, calibrate.lora_rank, calibrate.layers: self-calibration (see above).
       export.format: hf | lepjax.
       eval.max_lines: held-out lines used for bits per byte (0 = all).
       demo.enabled, demo.english_text, demo.vocab_size, demo.base_steps, demo.instruct_steps:
@@ -59,6 +64,8 @@ def default_config() -> ConfigDict:
         train=dict(steps=1000, lr=2e-4, warmup_steps=100, weight_decay=0.1),
         model=dict(dtype="bfloat16", remat_policy="full"),
         propagate=dict(method="conversion"),
+        calibrate=dict(enabled=False, prompts=200, max_new_tokens=64, steps=100, lr=1e-4,
+                       lora_rank=8, layers="0,-1"),
         export=dict(format="hf"),
         eval=dict(max_lines=0),
         demo=dict(enabled=False, english_text=(), vocab_size=2000, base_steps=150,
@@ -205,6 +212,57 @@ def build_demo_family(cfg: ConfigDict, root: str) -> dict[str, Any]:
     return {"outputs": {"base": base, "instruct": instruct}}
 
 
+def _chat_prompt(tokenizer_dir: str, text: str) -> str:
+    """`text` as a user turn in the model's chat template (plain text without a template)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                       add_generation_prompt=True)
+    except (ValueError, OSError, TypeError):
+        return text + "\n"
+
+
+def calibrate(cfg: ConfigDict, instruct: str, adapted: str, root: str) -> dict[str, Any]:
+    """Self-calibration: tune the adapted instruct model (LoRA on `calibrate.layers`, embeddings
+    and LM head) to give the original instruct model's answers, plus copy tasks."""
+    from lepjax import models
+    from lepjax.data.tokenizer import load_tokenizer as data_tokenizer
+    from lepjax.generate import Generator, SamplingParams
+    from lepjax.train.loop import train
+
+    c = cfg.calibrate
+    texts = _lines(cfg.target_text, c.prompts)
+    model, _ = models.load(instruct, dtype=cfg.model.dtype)
+    tok = data_tokenizer(instruct)
+    prompts = [_chat_prompt(instruct, t) for t in texts]
+    answers = Generator(model, batch_size=8, length_bucket=64).generate(
+        [tok.encode_batch([p])[0] for p in prompts],
+        SamplingParams(max_new_tokens=c.max_new_tokens,
+                       eos_ids=(tok.eos_id,) if tok.eos_id is not None else ()), tokenizer=tok)
+    del model
+    pairs = os.path.join(root, "calibrate", "pairs.jsonl")
+    os.makedirs(os.path.dirname(pairs), exist_ok=True)
+    with open(pairs, "w", encoding="utf-8") as f:
+        for text, prompt, answer in zip(texts, prompts, answers):
+            if answer.text and answer.text.strip():
+                f.write(json.dumps({"prompt": prompt, "target": answer.text},
+                                   ensure_ascii=False) + "\n")
+            copy = _chat_prompt(instruct, "Repeat exactly: " + text)
+            f.write(json.dumps({"prompt": copy, "target": text}, ensure_ascii=False) + "\n")
+    data = _prepare(adapted, [pairs], os.path.join(root, "calibrate", "data"),
+                    prompt_field="prompt", target_field="target")
+    t = _train_cfg(cfg, path=adapted, data=data, run_dir=os.path.join(root, "calibrate", "run"),
+                   steps=c.steps, lr=c.lr, trainable="embed,lm_head", seq_len=cfg.data.seq_len,
+                   batch_size=cfg.data.batch_size)
+    t.train.lora.update(dict(rank=c.lora_rank, targets=("q", "k", "v", "o"), layers=c.layers))
+    result = train(t)
+    out = _export(os.path.join(root, "calibrate", "run"), os.path.join(root, "calibrated"),
+                  adapted)
+    return {"outputs": {"calibrated": out}, "pairs": len(texts), "final_loss": result.get("loss")}
+
+
 def adapt(cfg: ConfigDict) -> dict[str, Any]:
     """Run every stage of `cfg` (skipping completed ones); returns the summary."""
     from lepjax.data.tokenizer import load_tokenizer as data_tokenizer
@@ -264,11 +322,16 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
         propagate(base, instruct, donor, out("adapted_instruct"), method=cfg.propagate.method,
                   overwrite=True)))
 
+    adapted = prop["outputs"]["adapted"]
+    if cfg.calibrate.enabled:
+        adapted = st.run("calibrate", lambda: calibrate(cfg, instruct, adapted, root))[
+            "outputs"]["calibrated"]
+
     def export_stage():
         from lepjax import models
 
         paths = {}
-        for name, src in (("donor", donor), ("adapted_instruct", prop["outputs"]["adapted"])):
+        for name, src in (("donor", donor), ("adapted_instruct", adapted)):
             model, _ = models.load(src, param_dtype="float32")
             save = models.save_hf if cfg.export.format == "hf" else models.save
             paths[name] = save(model, out("export", name), tokenizer_from=src, overwrite=True)

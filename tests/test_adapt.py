@@ -17,7 +17,9 @@ def test_demo_pipeline_end_to_end_and_resumable(tmp_path, capsys):
             f"--config.target_text={FIX}/ru_gsd_dev.txt",
             f"--config.heldout_text={FIX}/ru_gsd_test.txt",
             "--config.demo.base_steps=60", "--config.demo.instruct_steps=10",
-            "--config.train.steps=60", "--config.eval.max_lines=200"]
+            "--config.train.steps=60", "--config.eval.max_lines=200",
+            "--config.calibrate.enabled=true", "--config.calibrate.prompts=16",
+            "--config.calibrate.steps=5", "--config.calibrate.max_new_tokens=8"]
     assert main(args) == 0
     summary = json.loads((run / "summary.json").read_text())
     cpt = summary["chars_per_token"]
@@ -34,7 +36,8 @@ def test_demo_pipeline_end_to_end_and_resumable(tmp_path, capsys):
     assert tok.apply_chat_template([{"role": "user", "content": "Привет"}], tokenize=False)
     stamps = {f: (run / "stages" / f).stat().st_mtime for f in os.listdir(run / "stages")}
     assert set(stamps) == {f"{s}.json" for s in
-                           ("demo", "vocab", "prepare", "train", "propagate", "export", "evaluate")}
+                           ("demo", "vocab", "prepare", "train", "propagate", "calibrate",
+                            "export", "evaluate")}
     capsys.readouterr()
     assert main(args) == 0  # a rerun finds every stage complete
     assert {f: (run / "stages" / f).stat().st_mtime for f in stamps} == stamps

@@ -1,7 +1,7 @@
 """LEP for Mistral-7B-v0.1 -> Russian (Tikhomirov & Chernyshev 2024 settings).
 
     lepjax adapt --config=configs/lep/mistral_7b_ru.py \
-        --config.base=/models/Mistral-7B-v0.1 --config.instruct=/models/Mistral-7B-Instruct-v0.2 \
+        --config.base=/models/Mistral-7B-v0.1 --config.instruct=/models/Mistral-7B-Instruct-v0.1 \
         --config.target_text=/data/ru/train.txt --config.heldout_text=/data/ru/heldout.txt \
         --config.run_dir=/runs/mistral_ru
 
