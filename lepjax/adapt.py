@@ -48,6 +48,8 @@ def default_config() -> ConfigDict:
       vocab.k, vocab.priority, vocab.aux_vocab_size, vocab.init_method: see `lepjax vocab`.
       data.seq_len, data.batch_size: rows for embedding training.
       train.steps, train.lr, train.warmup_steps, train.weight_decay: embedding-only LAPT.
+      train.save_every: checkpoint interval of every training in the run (0 = only at the end);
+        a run killed mid-training resumes from its latest checkpoint on the rerun.
       model.dtype, model.remat_policy: compute settings for training.
       propagate.method: conversion | overlap | swap.
       calibrate.enabled, calibrate.prompts, calibrate.max_new_tokens, calibrate.steps,
@@ -61,7 +63,7 @@ def default_config() -> ConfigDict:
         run_dir="", base="", instruct="", target_text=(), heldout_text=(),
         vocab=dict(k=1000, priority="after", aux_vocab_size=8000, init_method="mean"),
         data=dict(seq_len=512, batch_size=16),
-        train=dict(steps=1000, lr=2e-4, warmup_steps=100, weight_decay=0.1),
+        train=dict(steps=1000, lr=2e-4, warmup_steps=100, weight_decay=0.1, save_every=100),
         model=dict(dtype="bfloat16", remat_policy="full"),
         propagate=dict(method="conversion"),
         calibrate=dict(enabled=False, prompts=200, max_new_tokens=64, steps=100, lr=1e-4,
@@ -118,7 +120,7 @@ def _train_cfg(cfg: ConfigDict, *, path: str, data: str, run_dir: str, steps: in
     t.optim.update(dict(lr=lr, warmup_steps=min(cfg.train.warmup_steps, steps // 10),
                         weight_decay=cfg.train.weight_decay))
     t.train.update(dict(run_dir=run_dir, steps=steps, trainable=trainable, log_every=10,
-                        save_every=0, loss_chunk=min(seq_len, 512), progress=True))
+                        save_every=cfg.train.save_every, loss_chunk=min(seq_len, 512), progress=True))
     return t
 
 

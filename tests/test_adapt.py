@@ -1,26 +1,42 @@
-"""`lepjax adapt` on the demo family: every stage runs, the result improves, a rerun skips stages."""
+"""`lepjax adapt` on the demo family: every stage runs, the result improves, a rerun skips stages,
+and a run killed in the middle of training finishes with the result of an uninterrupted run."""
 
 import json
+import logging
 import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
 
 from lepjax.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(REPO, "tests", "fixtures")
+DEMO = os.path.join(REPO, "configs", "demo.py")
+TEXTS = [f"--config.target_text={FIX}/ru_gsd_dev.txt",
+         f"--config.heldout_text={FIX}/ru_gsd_test.txt", "--config.eval.max_lines=200"]
 
 
-def test_demo_pipeline_end_to_end_and_resumable(tmp_path, capsys):
-    run = tmp_path / "demo"
-    args = ["adapt", f"--config={os.path.join(REPO, 'configs', 'demo.py')}",
-            f"--config.run_dir={run}",
-            f"--config.demo.english_text={FIX}/en_ewt_dev.txt,{FIX}/en_ewt_test.txt",
-            f"--config.target_text={FIX}/ru_gsd_dev.txt",
-            f"--config.heldout_text={FIX}/ru_gsd_test.txt",
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The reduced demo, every stage including self-calibration: (run dir, argv)."""
+    run = tmp_path_factory.mktemp("adapt") / "demo"
+    args = ["adapt", f"--config={DEMO}", f"--config.run_dir={run}",
+            f"--config.demo.english_text={FIX}/en_ewt_dev.txt,{FIX}/en_ewt_test.txt", *TEXTS,
             "--config.demo.base_steps=60", "--config.demo.instruct_steps=10",
-            "--config.train.steps=60", "--config.eval.max_lines=200",
-            "--config.calibrate.enabled=true", "--config.calibrate.prompts=16",
-            "--config.calibrate.steps=5", "--config.calibrate.max_new_tokens=8"]
+            "--config.train.steps=60", "--config.calibrate.enabled=true",
+            "--config.calibrate.prompts=16", "--config.calibrate.steps=5",
+            "--config.calibrate.max_new_tokens=8"]
     assert main(args) == 0
+    return run, args
+
+
+def test_demo_pipeline_end_to_end_and_resumable(demo_run, capsys):
+    run, args = demo_run
     summary = json.loads((run / "summary.json").read_text())
     cpt = summary["chars_per_token"]
     assert cpt["after"] > 2 * cpt["before"]  # the extended vocabulary covers Cyrillic
@@ -41,3 +57,55 @@ def test_demo_pipeline_end_to_end_and_resumable(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0  # a rerun finds every stage complete
     assert {f: (run / "stages" / f).stat().st_mtime for f in stamps} == stamps
+
+
+def _checkpoints(run_dir):
+    d = os.path.join(run_dir, "train", "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def test_adapt_killed_during_training_resumes_to_the_uninterrupted_result(demo_run, tmp_path,
+                                                                          caplog):
+    """SIGKILL after the first training checkpoint; the rerun keeps the finished stages, resumes
+    training from the checkpoint and ends with the donor and summary of an uninterrupted run."""
+    from lepjax import models
+
+    family = json.loads((demo_run[0] / "stages" / "demo.json").read_text())["outputs"]
+    common = [f"--config={DEMO}", "--config.demo.enabled=false",
+              f"--config.base={family['base']}", f"--config.instruct={family['instruct']}",
+              *TEXTS, "--config.train.steps=150", "--config.train.save_every=10",
+              "--config.export.format=lepjax"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-m", "lepjax", "adapt", f"--config.run_dir={killed}",
+                             *common], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not _checkpoints(killed) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    steps = _checkpoints(killed)
+    assert steps and steps[-1] < 150, "the run was not killed in the middle of training"
+    stages = killed / "stages"
+    assert not (stages / "train.json").exists()
+    stamps = {f: (stages / f).stat().st_mtime for f in ("vocab.json", "prepare.json")}
+
+    with caplog.at_level(logging.INFO, logger="lepjax.train"):
+        assert main(["adapt", f"--config.run_dir={killed}", *common]) == 0
+    assert any("resumed" in r.getMessage() for r in caplog.records)
+    assert {f: (stages / f).stat().st_mtime for f in stamps} == stamps  # not redone
+    assert main(["adapt", f"--config.run_dir={clean}", *common]) == 0
+
+    a = json.loads((killed / "summary.json").read_text())
+    b = json.loads((clean / "summary.json").read_text())
+    assert a["bits_per_byte"] == b["bits_per_byte"]
+    assert a["lep_residuals"] == b["lep_residuals"]
+    for name in ("donor", "adapted_instruct"):
+        ma, _ = models.load(a["exported"][name], param_dtype="float32")
+        mb, _ = models.load(b["exported"][name], param_dtype="float32")
+        np.testing.assert_array_equal(np.asarray(ma.embed[...]),
+                                      np.asarray(mb.embed[...]))
+        np.testing.assert_array_equal(np.asarray(ma.lm_head_weight()),
+                                      np.asarray(mb.lm_head_weight()))
