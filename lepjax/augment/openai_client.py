@@ -1,0 +1,203 @@
+"""The `openai` teacher: any OpenAI-compatible /v1/completions endpoint (vLLM, `lepjax serve`, ...).
+
+Standard library only (urllib). Prompts go one per request, `concurrency` requests in flight; a
+request that times out, cannot connect, or gets HTTP 429 / 5xx is retried after `backoff_s`,
+doubling each time, up to `max_retries` times; any other 4xx fails that prompt at once with the
+server's message. When prompts fail, `complete` raises `TeacherError` *after* all others finished:
+its `completed` dict (prompt index -> text) holds every completion that did succeed, so callers
+can keep them and retry only `failed`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+from lepjax.augment.teacher import Request, TeacherError  # noqa: F401  (re-exported)
+
+log = logging.getLogger("lepjax.augment.openai_client")
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (timeout, connection error, HTTP 429 or 5xx)."""
+
+    def __init__(self, message: str, retry_after: float = 0.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Fatal(Exception):
+    """A failure another attempt will not fix (HTTP 4xx other than 429, a malformed reply)."""
+
+
+def completions_url(url: str) -> str:
+    """The completions endpoint of a base URL: http://h:p/v1 -> http://h:p/v1/completions.
+
+    A URL without a path gets /v1; one already ending in /completions is kept as is.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"teacher.url={url!r}: expected an http(s) URL such as "
+                         "http://127.0.0.1:8000/v1")
+    path = parts.path.rstrip("/")
+    if path.endswith("/completions"):
+        return url
+    return urllib.parse.urlunsplit(parts._replace(path=(path or "/v1") + "/completions"))
+
+
+def _server_message(body: bytes) -> str:
+    text = body.decode("utf-8", "replace")
+    try:
+        return str(json.loads(text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return text.strip()[:500] or "(empty body)"
+
+
+class OpenAITeacher:
+    """Completes prompts through an OpenAI-compatible completions endpoint (see module doc)."""
+
+    def __init__(self, url: str, *, model: str = "", api_key_env: str = "", concurrency: int = 8,
+                 timeout_s: float = 120.0, max_retries: int = 4, backoff_s: float = 1.0,
+                 give_up_after: int | None = None):
+        if not url:
+            raise ValueError("teacher.url is not set (the server's base URL, e.g. "
+                             "http://127.0.0.1:8000/v1)")
+        self.url = completions_url(url)
+        self.model = model
+        self.api_key = ""
+        if api_key_env:
+            self.api_key = os.environ.get(api_key_env, "")
+            if not self.api_key:
+                raise ValueError(f"teacher.api_key_env={api_key_env!r}: that environment "
+                                 "variable is not set or empty")
+        if concurrency < 1 or timeout_s <= 0 or max_retries < 0 or backoff_s < 0:
+            raise ValueError(f"teacher: need concurrency >= 1, timeout_s > 0, max_retries >= 0, "
+                             f"backoff_s >= 0; got {concurrency}, {timeout_s}, {max_retries}, "
+                             f"{backoff_s}")
+        self.concurrency, self.timeout_s = concurrency, timeout_s
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        # Stop sending once this many prompts in a row failed (a dead server, a bad key).
+        self.give_up_after = give_up_after or max(8, 2 * concurrency)
+
+    @classmethod
+    def from_config(cls, section: Any) -> OpenAITeacher:
+        """The teacher a `teacher` config section (backend openai) describes."""
+        return cls(section.url, model=section.model, api_key_env=section.api_key_env,
+                   concurrency=section.concurrency, timeout_s=section.timeout_s,
+                   max_retries=section.max_retries, backoff_s=section.backoff_s)
+
+    def body(self, prompt: str, request: Request) -> dict:
+        """The JSON request body for one prompt."""
+        body = {"model": self.model, "prompt": prompt, "max_tokens": request.max_new_tokens,
+                "temperature": request.temperature, "top_p": request.top_p,
+                "seed": request.seed, "n": 1}
+        if request.stop:
+            body["stop"] = list(request.stop)
+        return body
+
+    def _post(self, body: dict) -> str:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers,
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            message = f"HTTP {e.code}: {_server_message(e.read())}"
+            if e.code == 429 or e.code >= 500:
+                try:
+                    retry_after = float(e.headers.get("Retry-After") or 0)
+                except ValueError:
+                    retry_after = 0.0
+                raise _Retryable(message, retry_after) from None
+            raise _Fatal(message) from None
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            raise _Retryable(f"{type(reason).__name__}: {reason}") from None
+        try:
+            choices = json.loads(raw)["choices"]
+            if len(choices) != 1:
+                raise ValueError(f"{len(choices)} choices")
+            return str(choices[0]["text"])
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise _Fatal(f"malformed response ({e}): {raw[:300]!r}") from None
+
+    def _complete_one(self, prompt: str, request: Request) -> str:
+        body = self.body(prompt, request)
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._post(body)
+            except _Retryable as e:
+                if attempt == self.max_retries:
+                    raise _Fatal(f"{e} (after {attempt + 1} attempts)") from None
+                delay = max(self.backoff_s * 2**attempt * (1 + 0.1 * random.random()),
+                            e.retry_after)
+                log.debug("%s: %s; retrying in %.2f s", self.url, e, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def complete(self, prompts: Sequence[str], request: Request = Request(),
+                 progress: bool = False) -> list[str]:
+        """One completion per prompt, in order; `TeacherError` (with the completed ones) if any
+        prompt failed."""
+        from tqdm import tqdm
+
+        completed: dict[int, str] = {}
+        errors: dict[int, str] = {}
+        lock, streak, last_error = threading.Lock(), [0], [""]
+
+        def one(i: int) -> str:
+            if streak[0] >= self.give_up_after:
+                raise _Fatal("not sent: gave up after "
+                             f"{self.give_up_after} prompts in a row failed")
+            try:
+                text = self._complete_one(prompts[i], request)
+            except _Fatal as e:
+                with lock:
+                    streak[0] += 1
+                    last_error[0] = str(e)
+                raise
+            with lock:
+                streak[0] = 0
+            return text
+
+        start = time.perf_counter()
+        bar = tqdm(total=len(prompts), desc="teacher", unit="prompt", disable=not progress)
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher") as pool:
+            futures = {pool.submit(one, i): i for i in range(len(prompts))}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    completed[i] = future.result()
+                except _Fatal as e:
+                    errors[i] = str(e)
+                bar.update(1)
+                if errors:
+                    bar.set_postfix(failed=len(errors))
+        bar.close()
+        log.info("%s: %d of %d prompts completed in %.1f s", self.url, len(completed),
+                 len(prompts), time.perf_counter() - start)
+        if errors:
+            failed = sorted(errors)
+            shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+            raise TeacherError(
+                f"{len(failed)} of {len(prompts)} prompts failed against {self.url} "
+                f"(indices {shown}); last error: {last_error[0] or errors[failed[-1]]}",
+                completed=completed, failed=failed, url=self.url,
+                last_error=last_error[0] or errors[failed[-1]])
+        return [completed[i] for i in range(len(prompts))]

@@ -1,0 +1,237 @@
+"""`lepjax serve` as a real subprocess vs the `local` teacher; the `openai` client's retries."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import mistral_common
+import pytest
+
+from lepjax import config as config_lib
+from lepjax import models
+from lepjax.augment.openai_client import OpenAITeacher, TeacherError
+from lepjax.augment.teacher import LocalTeacher, Request
+
+MISTRAL_SP = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+PROMPTS = ["Привет", "Как дела?", "Москва — столица России и крупнейший город страны.",
+           "a b", "Сегодня хорошая погода, и мы идём гулять в парк у реки."]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
+                                                  dtype="float32"), seed=2)
+    path = models.save_hf(model, str(tmp_path_factory.mktemp("serve") / "tiny"))
+    shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """`python -m lepjax serve` on a free port; yields its base URL; killed at the end."""
+    logs = tmp_path_factory.mktemp("serve_logs")
+    out, err = open(logs / "stdout", "w+"), open(logs / "stderr", "w+")
+    cmd = [sys.executable, "-m", "lepjax", "serve", f"--config.model.path={checkpoint}",
+           "--config.model.dtype=float32", "--config.port=0", "--config.batch_size=4",
+           "--config.length_bucket=16", "--config.max_wait_ms=50", "--config.model_name=tiny"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # with conftest's 8 CPU devices, like `local`
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (line := (logs / "stdout").read_text().strip()):
+            err.flush()
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"lepjax serve did not start:\n{(logs / 'stderr').read_text()[-3000:]}")
+            time.sleep(0.2)
+        info = json.loads(line.splitlines()[0])
+        assert info["serving"] == f"http://127.0.0.1:{info['port']}/v1" and info["port"] > 0
+        yield info["serving"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close(), err.close()
+
+
+@pytest.fixture(scope="module")
+def local(checkpoint):
+    """The `local` teacher on the same checkpoint, decoding the way the server does."""
+    mesh, rules = models.mesh_from_config(config_lib.mesh_section())
+    return LocalTeacher(checkpoint, dtype="float32", batch_size=4, length_bucket=16, mesh=mesh,
+                        rules=rules)
+
+
+def http(url: str, body=None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_openai_backend_matches_local_and_batches_concurrent_requests(server, local):
+    teacher = OpenAITeacher(server, model="tiny", concurrency=8, timeout_s=60)
+    greedy = Request(max_new_tokens=8)
+    want = local.complete(PROMPTS, greedy)
+    assert teacher.complete(PROMPTS, greedy) == want
+    # A stop string taken from inside one completion: it must cut that completion short.
+    k = max(range(len(want)), key=lambda i: len(want[i].strip()))
+    mid = len(want[k]) // 2
+    stop = want[k][mid:mid + 2]
+    assert stop.strip(), want
+    with_stop = Request(max_new_tokens=8, stop=(stop, "\n\n"))
+    want_stop = local.complete(PROMPTS, with_stop)
+    assert stop not in want_stop[k] and want_stop[k] != want[k]
+    assert teacher.complete(PROMPTS, with_stop) == want_stop
+    status, health = http(server.removesuffix("/v1") + "/health")
+    assert status == 200 and health["requests"] >= 2 * len(PROMPTS)
+    assert health["max_batch"] > 1, health  # concurrent requests shared a decoding batch
+    assert health["batches"] < health["requests"], health
+
+
+def test_response_shape_list_prompt_and_models(server, local):
+    status, r = http(server + "/completions", {"model": "tiny", "prompt": PROMPTS[:2],
+                                                "max_tokens": 5, "temperature": 0})
+    assert status == 200, r
+    assert r["object"] == "text_completion" and r["model"] == "tiny" and r["id"].startswith("cmpl-")
+    assert [c["index"] for c in r["choices"]] == [0, 1]
+    assert [c["text"] for c in r["choices"]] == local.complete(PROMPTS[:2],
+                                                               Request(max_new_tokens=5))
+    assert all(c["finish_reason"] in ("stop", "length") for c in r["choices"])
+    u = r["usage"]
+    assert u["prompt_tokens"] == sum(map(len, local.encode(PROMPTS[:2])))
+    assert 0 < u["completion_tokens"] <= 10
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    status, m = http(server + "/models")
+    assert status == 200 and [d["id"] for d in m["data"]] == ["tiny"]
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"prompt": "x", "n": 2}, "n", "n must be 1"),
+    ({"prompt": "x", "temperature": "hot"}, "temperature", "temperature must be"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens", "max_tokens must be"),
+    ({"prompt": "x", "stop": [1]}, "stop", "stop must be"),
+    ({"prompt": ["x", 3]}, "prompt", "prompt must be"),
+    ({"max_tokens": 3}, "prompt", "prompt is required"),
+    ({"prompt": "слово " * 600}, "prompt", "context is 512 tokens"),
+    (b"{not json", None, "not valid JSON"),
+])
+def test_bad_requests_get_400_naming_the_field(server, body, param, words):
+    status, r = http(server + "/completions", body)
+    assert status == 400, r
+    assert r["error"]["type"] == "invalid_request_error" and r["error"]["param"] == param
+    assert words in r["error"]["message"]
+
+
+def test_unknown_model_is_404_and_4xx_is_not_retried_by_the_client(server):
+    status, r = http(server + "/completions", {"model": "gpt-4", "prompt": "x"})
+    assert status == 404 and "'gpt-4' is not served here" in r["error"]["message"]
+    teacher = OpenAITeacher(server, model="tiny", max_retries=3, backoff_s=60.0)
+    start = time.monotonic()
+    with pytest.raises(TeacherError) as e:
+        teacher.complete(["слово " * 600, "Привет"], Request(max_new_tokens=3))
+    assert time.monotonic() - start < 30.0  # failed at once: no 60 s backoff
+    assert e.value.failed == [0] and list(e.value.completed) == [1]
+    assert "context is 512 tokens" in str(e.value) and server in str(e.value)
+
+
+class FakeHandler(BaseHTTPRequestHandler):
+    """An unreliable completions server: behaviour chosen by the prompt's first word."""
+
+    attempts: dict[str, int] = {}
+    auth: list[str] = []
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["prompt"]
+        with self.lock:
+            n = self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
+            self.auth.append(self.headers.get("Authorization", ""))
+        kind = prompt.split()[0]
+        if kind == "slow" and n == 1:
+            time.sleep(1.5)  # longer than the client's timeout
+        if kind == "bad" or (kind == "flaky" and n <= 2):
+            return self.reply(500, {"error": {"message": "backend exploded", "type": "server"}})
+        if kind == "reject":
+            return self.reply(400, {"error": {"message": "prompt is rude", "type": "invalid"}})
+        self.reply(200, {"choices": [{"index": 0, "text": prompt.upper(),
+                                      "finish_reason": "stop"}]})
+
+    def reply(self, status, payload):
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out and went away
+            pass
+
+
+@pytest.fixture
+def fake():
+    FakeHandler.attempts.clear(), FakeHandler.auth.clear()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeHandler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_timeouts_and_500s_are_retried_with_the_api_key(fake, monkeypatch):
+    monkeypatch.setenv("LEPJAX_TEST_KEY", "sk-test")
+    teacher = OpenAITeacher(fake, model="m", api_key_env="LEPJAX_TEST_KEY", concurrency=3,
+                            timeout_s=0.5, max_retries=3, backoff_s=0.01)
+    prompts = ["flaky one", "slow two", "fine three"]
+    assert teacher.complete(prompts, progress=True) == [p.upper() for p in prompts]
+    assert FakeHandler.attempts == {"flaky one": 3, "slow two": 2, "fine three": 1}
+    assert set(FakeHandler.auth) == {"Bearer sk-test"}
+
+
+def test_persistent_failures_raise_with_the_completed_results(fake):
+    teacher = OpenAITeacher(fake, concurrency=2, timeout_s=5, max_retries=2, backoff_s=0.01)
+    prompts = ["fine a", "bad b", "fine c", "reject d", "bad e"]
+    with pytest.raises(TeacherError) as e:
+        teacher.complete(prompts)
+    err = e.value
+    assert err.completed == {0: "FINE A", 2: "FINE C"} and err.failed == [1, 3, 4]
+    assert FakeHandler.attempts["bad b"] == 3 and FakeHandler.attempts["reject d"] == 1
+    message = str(err)
+    assert "3 of 5 prompts failed" in message and "indices 1, 3, 4" in message
+    assert fake + "/completions" in message and "HTTP " in err.last_error
+
+
+def test_config_errors_name_the_key(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(ValueError, match="teacher.url is not set"):
+        OpenAITeacher("")
+    with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR"):
+        OpenAITeacher("http://127.0.0.1:1/v1", api_key_env="NO_SUCH_KEY_VAR")
+    assert OpenAITeacher("http://h:9").url == "http://h:9/v1/completions"
+
+
+def test_serve_help(capsys):
+    from lepjax.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0
+    assert "OpenAI-compatible" in capsys.readouterr().out
