@@ -51,7 +51,7 @@ def main():
         mesh = parallel.make_mesh({"fsdp": -1})
         model, _ = models.load(d, mesh=mesh, dtype=a.dtype, param_dtype=a.dtype)
         hf = None if a.skip_torch else AutoModelForCausalLM.from_pretrained(
-            d, torch_dtype=tdtype).to(tdev).eval()
+            d, dtype=tdtype).to(tdev).eval()
 
     params = SamplingParams(max_new_tokens=a.new_tokens)  # no EOS: exactly new_tokens each
     gen = Generator(model, mesh=mesh, batch_size=a.batch, length_bucket=64)
