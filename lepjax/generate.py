@@ -69,13 +69,18 @@ class Generator:
     """Decodes prompts (token id lists) with one model, compiling per batch shape."""
 
     def __init__(self, model, *, mesh=None, rules=parallel.DEFAULT_RULES, batch_size: int = 8,
-                 length_bucket: int = 64, pad_id: int = 0):
+                 length_bucket: int = 64, pad_id: int = 0, steps_per_sync: int = 16):
+        """`steps_per_sync`: decoding steps run on the device (one `lax.scan`) between looks at
+        the tokens on the host for EOS and stop strings; 1 = a host round trip every token."""
+        if steps_per_sync < 1:
+            raise ValueError(f"steps_per_sync must be >= 1, got {steps_per_sync}")
         self.graphdef, self.state = nnx.split(model)
         self.config = model.config
         self.mesh, self.rules = mesh, rules
         self.batch_size, self.length_bucket, self.pad_id = batch_size, length_bucket, pad_id
+        self.steps_per_sync = steps_per_sync
         self._prefill = jax.jit(self._prefill_fn)
-        self._step = jax.jit(self._step_fn, static_argnums=(6, 7, 8), donate_argnums=(2,))
+        self._steps = jax.jit(self._steps_fn, static_argnums=(7, 8, 9, 10), donate_argnums=(2,))
 
     def _model(self, state):
         return nnx.merge(self.graphdef, state)
@@ -85,20 +90,32 @@ class Generator:
             logits, cache = self._model(state).decode(tokens, positions, cache, 0, kv_valid)
         return logits[:, -1], cache
 
-    def _step_fn(self, state, token, cache, position, index, kv_valid, temperature, top_k,
-                 top_p, key):
-        kv_valid = kv_valid.at[:, index].set(True)
-        with parallel.activation_sharding(self.mesh, self.rules):
-            logits, cache = self._model(state).decode(token[:, None], position[:, None], cache,
-                                                      index, kv_valid)
-        nxt = sample(logits[:, 0], key, temperature, top_k, top_p)
-        return nxt, cache, kv_valid
+    def _steps_fn(self, state, token, cache, position, index, kv_valid, key, temperature, top_k,
+                  top_p, steps):
+        """`steps` decoding steps on the device: the tokens [b, steps] and the carried state."""
+        model = self._model(state)
+
+        def body(carry, _):
+            token, cache, position, index, kv_valid, key = carry
+            key, sub = jax.random.split(key)
+            kv_valid = kv_valid.at[:, index].set(True)
+            with parallel.activation_sharding(self.mesh, self.rules):
+                logits, cache = model.decode(token[:, None], position[:, None], cache, index,
+                                             kv_valid)
+            nxt = sample(logits[:, 0], sub, temperature, top_k, top_p)
+            return (nxt, cache, position + 1, index + 1, kv_valid, key), nxt
+
+        carry, tokens = jax.lax.scan(body, (token, cache, position, index, kv_valid, key), None,
+                                     length=steps)
+        return carry, tokens.T
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
                  tokenizer: Any = None, progress: bool = False) -> list[Completion]:
         """Completions of `prompts`, in their order. `tokenizer` (with `decode`) enables `stop`."""
         if params.stop and tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode with")
+        if params.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Completion | None] = [None] * len(prompts)
         start, generated = time.perf_counter(), 0
@@ -123,7 +140,9 @@ class Generator:
         rows = self.batch_size if n > 1 else 1  # one compiled batch shape (single prompts: 1)
         longest = max(1, max(len(p) for p in prompts))
         P = -(-longest // self.length_bucket) * self.length_bucket
-        S = P + -(-params.max_new_tokens // self.length_bucket) * self.length_bucket
+        K = max(1, min(self.steps_per_sync, params.max_new_tokens - 1))
+        chunks = -(-(params.max_new_tokens - 1) // K)  # device calls after the prefill's token
+        S = P + -(-(1 + chunks * K) // self.length_bucket) * self.length_bucket
         tokens = np.full((rows, P), self.pad_id, np.int32)
         valid = np.zeros((rows, S), bool)
         for r, p in enumerate(prompts):
@@ -138,32 +157,35 @@ class Generator:
         key = jax.random.PRNGKey(seed)
         key, sub = jax.random.split(key)
         token = sample(logits, sub, params.temperature, params.top_k, params.top_p)
-        position = jnp.asarray(positions[:, -1] + 1)
-        kv_valid = jnp.asarray(valid)
+        carry = (token, cache, jnp.asarray(positions[:, -1] + 1), jnp.int32(P),
+                 jnp.asarray(valid), key)
         eos = set(params.eos_ids)
         results = [Completion([]) for _ in range(n)]
         done = [False] * n
-        for step in range(params.max_new_tokens):
-            host = np.asarray(jax.device_get(token))
-            for r in range(n):
-                if done[r]:
-                    continue
-                t = int(host[r])
-                if t in eos:
-                    done[r], results[r].finish_reason = True, "eos"
-                    continue
-                results[r].tokens.append(t)
-                if params.stop:
-                    text = tokenizer.decode(results[r].tokens)
-                    if any(s in text for s in params.stop):
-                        done[r], results[r].finish_reason = True, "stop"
-            if all(done) or step == params.max_new_tokens - 1:
+        block = np.asarray(jax.device_get(token))[:, None]
+        produced = 0
+        while True:
+            for column in block.T:
+                for r in range(n):
+                    if done[r]:
+                        continue
+                    t = int(column[r])
+                    if t in eos:
+                        done[r], results[r].finish_reason = True, "eos"
+                        continue
+                    results[r].tokens.append(t)
+                    if params.stop:
+                        text = tokenizer.decode(results[r].tokens)
+                        if any(s in text for s in params.stop):
+                            done[r], results[r].finish_reason = True, "stop"
+                produced += 1
+                if produced == params.max_new_tokens:
+                    break
+            if all(done) or produced >= params.max_new_tokens:
                 break
-            key, sub = jax.random.split(key)
-            token, cache, kv_valid = self._step(self.state, token, cache, position, P + step,
-                                                kv_valid, params.temperature, params.top_k,
-                                                params.top_p, sub)
-            position = position + 1
+            carry, block = self._steps(self.state, *carry, params.temperature, params.top_k,
+                                       params.top_p, K)
+            block = np.asarray(jax.device_get(block))
         if tokenizer is not None:
             for c in results:
                 c.text = tokenizer.decode(c.tokens)

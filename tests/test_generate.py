@@ -136,3 +136,28 @@ def test_greedy_decoding_sharded_over_the_mesh_matches_transformers(tmp_path, sh
     out = Generator(model, mesh=mesh, batch_size=2, length_bucket=8).generate(
         prompts, SamplingParams(max_new_tokens=10))
     assert [c.tokens for c in out] == hf_greedy(hf, prompts, 10)
+
+
+def test_device_steps_between_host_syncs_do_not_change_the_tokens(tmp_path):
+    """Steps run in an on-device scan (steps_per_sync) give the per-step loop's tokens, greedy
+    and sampled alike, and EOS / max_new_tokens cut at the same place."""
+    hf = make_hf_model("llama3_1")
+    hf.save_pretrained(tmp_path)
+    model, _ = models.load(str(tmp_path), dtype="float32")
+    prompts = [list(np.random.default_rng(i).integers(3, 256, n)) for i, n in enumerate([4, 9, 7])]
+    greedy = SamplingParams(max_new_tokens=11)
+    ref = Generator(model, batch_size=4, length_bucket=8, steps_per_sync=1).generate(prompts, greedy)
+    assert [c.tokens for c in ref] == hf_greedy(hf, prompts, 11)
+    eos = SamplingParams(max_new_tokens=11, eos_ids=(ref[1].tokens[4],))
+    sampled = SamplingParams(max_new_tokens=11, temperature=1.0, top_k=20, seed=3)
+    for params in (greedy, eos, sampled):
+        want = Generator(model, batch_size=4, length_bucket=8, steps_per_sync=1).generate(
+            prompts, params)
+        for k in (3,):
+            got = Generator(model, batch_size=4, length_bucket=8, steps_per_sync=k).generate(
+                prompts, params)
+            assert [(c.tokens, c.finish_reason) for c in got] == \
+                [(c.tokens, c.finish_reason) for c in want]
+    assert want[1].finish_reason == "length"
+    got = Generator(model, batch_size=4, length_bucket=8).generate(prompts, eos)
+    assert got[1].finish_reason == "eos" and len(got[1].tokens) <= 4
