@@ -1,0 +1,194 @@
+"""FIAT (Wang, Wieting, Clark 2023): a frozen teacher writes a chain-of-thought rationale for each
+(x, y) example; an instruction-tuned student is LoRA-tuned to answer y from I_τ + x + rationale.
+
+`lepjax augment fiat` reads (x, y) records from JSONL and, shard by shard of `records_per_shard`:
+
+  1. the teacher greedily completes I_β with x in place of `{input}` -> rationale r
+     (`max_new_tokens`, cut at the `stop` strings);
+  2. text/ gets one JSON record per example: index, source (file:line), instruction (I_τ), input,
+     rationale, target, prompt (the student's input: `task_template` filled with I_τ, x, r);
+  3. tokens/ gets the prompt/target record (BOS + prompt, target_prefix + y + EOS; loss on the
+     target only) in the student's tokenizer: pass tokens/ to `lepjax train` as data.paths.
+
+Finished shards are skipped on a rerun (see lepjax.augment.shards); `lepjax augment fiat-infer`
+(lepjax.augment.fiat_infer) runs the teacher and then the tuned student on new inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from lepjax.augment import shards
+from lepjax.augment.teacher import Request, Teacher
+from lepjax.data import records, sources
+
+log = logging.getLogger("lepjax.augment.fiat")
+
+TASK_TEMPLATE = "{instruction}\n\nInput: {input}\n\nReasoning: {rationale}\n\nAnswer:"
+
+
+def fiat_section() -> ConfigDict:
+    """The `fiat` config section (augmentation and inference).
+
+    Keys:
+      inputs: JSONL files, globs or directories of (x, y) records (tuple or comma-separated).
+      input_field, target_field: JSON keys of x and y (y is optional for inference).
+      reasoning_prompt: I_β, a text file: the reasoning instruction and few-shot chain-of-thought
+        exemplars, with `{input}` where x goes; the teacher continues it with the rationale.
+      task_instruction: I_τ, the task instruction the student sees.
+      task_template: the student's input, with {instruction} (I_τ), {input} (x), {rationale} (r).
+      target_prefix: put before y in the target (e.g. " " after "Answer:").
+      max_new_tokens, stop: the teacher's rationale length limit and stop strings (greedy).
+      tokenizer: the student's tokenizer (file or model directory) for the tokens/ records.
+      add_bos, add_eos: BOS before the prompt, EOS after the target.
+      output_dir: where text/ and tokens/ go.
+      records_per_shard: examples per shard (the unit of resumption).
+      infer: inference (`lepjax augment fiat-infer`):
+        student: the tuned student: a `lepjax train` run directory (LoRA merged) or a model dir.
+        tokenizer: the student's tokenizer ("" = fiat.tokenizer, else the student directory).
+        output: predictions JSONL to write.
+        max_new_tokens, stop: the student's answer length limit and stop strings (greedy).
+        dtype, batch_size, length_bucket: how the student is decoded.
+    """
+    return ConfigDict(dict(
+        inputs=(), input_field="input", target_field="target", reasoning_prompt="",
+        task_instruction="", task_template=TASK_TEMPLATE, target_prefix=" ",
+        max_new_tokens=256, stop=("\n\nInput:",), tokenizer="", add_bos=True, add_eos=True,
+        output_dir="", records_per_shard=1000,
+        infer=dict(student="", tokenizer="", output="", max_new_tokens=64, stop=("\n",),
+                   dtype="bfloat16", batch_size=16, length_bucket=64)))
+
+
+def load_reasoning_prompt(path: str) -> str:
+    """I_β from its file; it must contain the `{input}` placeholder."""
+    if not path:
+        raise shards.AugmentError("fiat.reasoning_prompt is not set (the I_β prompt file)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"fiat.reasoning_prompt {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if "{input}" not in text:
+        raise shards.AugmentError(f"{path}: the reasoning prompt has no {{input}} placeholder "
+                                  "where the example's input goes")
+    return text
+
+
+def teacher_prompt(reasoning_prompt: str, x: str) -> str:
+    """I_β with x in place of `{input}`."""
+    return reasoning_prompt.replace("{input}", x)
+
+
+def student_prompt(section: Any, x: str, rationale: str) -> str:
+    """The student's input I_τ + x + r, formatted by `task_template`."""
+    try:
+        return section.task_template.format(instruction=section.task_instruction, input=x,
+                                            rationale=rationale)
+    except (KeyError, IndexError, ValueError) as e:
+        raise shards.AugmentError(
+            f"fiat.task_template {section.task_template!r}: {e!r}; it may only use {{instruction}}, "
+            "{input} and {rationale} (double other braces)") from None
+
+
+def teacher_request(section: Any) -> Request:
+    """The teacher's greedy request for rationales."""
+    return Request(max_new_tokens=section.max_new_tokens, temperature=0.0,
+                   stop=tuple(section.stop))
+
+
+def read_examples(section: Any, need_target: bool = True) -> list[dict[str, str]]:
+    """The (x, y) records of `inputs` ({"input", "target", "source"})."""
+    return shards.read_jsonl_records(
+        section.inputs, {"input": section.input_field, "target": section.target_field},
+        optional=() if need_target else ("target",), what="fiat.inputs")
+
+
+def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the FIAT augmentation `cfg.fiat` describes; returns a summary.
+
+    `teacher` defaults to the one `cfg.teacher` describes (loaded only if a shard needs it).
+    """
+    from tqdm import tqdm
+
+    from lepjax.data.prepare import write_shard
+    from lepjax.data.tokenizer import load_tokenizer
+
+    fc = cfg.fiat
+    for key in ("output_dir", "tokenizer"):
+        if not fc[key]:
+            raise shards.AugmentError(f"fiat.{key} is not set")
+    if fc.records_per_shard <= 0:
+        raise shards.AugmentError("fiat.records_per_shard must be positive")
+    beta = load_reasoning_prompt(fc.reasoning_prompt)
+    student_prompt(fc, "x", "r")  # template errors before any work
+    examples = read_examples(fc)
+    tok = load_tokenizer(fc.tokenizer)
+    out = os.path.abspath(fc.output_dir)
+    text_dir, tok_dir = shards.prepare_output(out, {
+        "method": "fiat", "examples": shards.sha(repr([(e["input"], e["target"], e["source"])
+                                                     for e in examples])),
+        "reasoning_prompt": shards.sha(beta), "task_instruction": fc.task_instruction,
+        "task_template": fc.task_template, "target_prefix": fc.target_prefix,
+        "max_new_tokens": fc.max_new_tokens, "stop": list(fc.stop),
+        "records_per_shard": fc.records_per_shard, "tokenizer": tok.fingerprint(),
+        "add_bos": fc.add_bos, "add_eos": fc.add_eos})
+    n = fc.records_per_shard
+    num_shards = math.ceil(len(examples) / n)
+    request = teacher_request(fc)
+    bar = tqdm(total=len(examples), desc="fiat", unit="rec", disable=not progress)
+    start, written, skipped, done_records = time.perf_counter(), 0, 0, 0
+    try:
+        for index in range(num_shards):
+            chunk = examples[index * n:(index + 1) * n]
+            if shards.shard_done(out, index):
+                skipped += 1
+                bar.update(len(chunk))
+                continue
+            if records.shard_complete(text_dir, index):  # killed between the two writes
+                rows = shards.read_text_shard(text_dir, index)
+            else:
+                if teacher is None:
+                    teacher = shards.load_teacher(cfg)
+                prompts = [teacher_prompt(beta, e["input"]) for e in chunk]
+                names = [f"record {index * n + k} ({e['source']})" for k, e in enumerate(chunk)]
+                rationales = shards.complete_shard(teacher, prompts, request, index, names)
+                rows = []
+                for k, (e, r) in enumerate(zip(chunk, rationales)):
+                    r = r.strip()
+                    rows.append({"index": index * n + k, "source": e["source"],
+                                 "instruction": fc.task_instruction, "input": e["input"],
+                                 "rationale": r, "target": e["target"],
+                                 "prompt": student_prompt(fc, e["input"], r)})
+                shards.write_text_shard(text_dir, index, rows)
+            write_shard(tok_dir, index, [{"prompt": r["prompt"],
+                                          "target": fc.target_prefix + r["target"]} for r in rows],
+                        fc.add_bos, fc.add_eos, tok)
+            written += 1
+            done_records += len(chunk)
+            bar.update(len(chunk))
+            bar.set_postfix(shards=f"{index + 1}/{num_shards}",
+                            rec_s=f"{done_records / (time.perf_counter() - start):.2f}")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    complete = shards.finish(out, num_shards, text_kind="fiat_text", token_kind="prompt_target",
+                             tok=tok, add_bos=fc.add_bos, add_eos=fc.add_eos, extra={
+                                 "method": "fiat", "teacher": shards.describe_teacher(cfg),
+                                 "reasoning_prompt": os.path.abspath(fc.reasoning_prompt),
+                                 "sources": [os.path.abspath(p) for p in
+                                             sources.expand_inputs(list(_inputs(fc)))]})
+    log.info("fiat: %d records in %d new shards (%d skipped) in %.1f s (%.2f records/s)",
+             done_records, written, skipped, seconds, done_records / max(seconds, 1e-9))
+    return {"output_dir": out, "text": text_dir, "tokens": tok_dir, "records": len(examples),
+            "shards_total": num_shards, "shards_written": written, "shards_skipped": skipped,
+            "records_per_s": round(done_records / max(seconds, 1e-9), 3), "complete": complete}
+
+
+def _inputs(section: Any) -> list[str]:
+    inputs = section.inputs
+    return [p for p in inputs.split(",") if p.strip()] if isinstance(inputs, str) else list(inputs)

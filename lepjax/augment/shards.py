@@ -1,0 +1,206 @@
+"""Resumable, sharded outputs of the augmentation methods (FIAT, instruction synthesis).
+
+An augmentation writes two datasets side by side under its `output_dir`:
+
+    text/     ArrayRecord shards of JSON records (one UTF-8 JSON object per record, sorted keys),
+              with the same file names, completion sidecars and metadata.json as lepjax datasets
+    tokens/   the matching tokenised records (`lepjax prepare` schema): what `lepjax train` reads
+
+Work is cut into fixed shards; shard i is done when both `text/` and `tokens/` hold a complete
+shard i, so a rerun skips finished shards and redoes an interrupted one. `augment.json` holds a
+fingerprint of the inputs and settings: rerunning into a directory made from different inputs is
+an error instead of a silent mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from lepjax.data import records, sources
+from lepjax.data.tokenizer import TextTokenizer
+
+FINGERPRINT = "augment.json"
+
+
+class AugmentError(ValueError):
+    """Bad augmentation input or a failed teacher call (the message names file, line or shard)."""
+
+
+def read_jsonl_records(inputs: Sequence[str], fields: Mapping[str, str],
+                       optional: Iterable[str] = (), what: str = "inputs") -> list[dict[str, str]]:
+    """Records of JSONL files: {name: str(value of JSON key)} per line, plus "source" (file:line).
+
+    `fields` maps names to JSON keys; a line without a (non-optional) key is an error naming the
+    file, the line and the key.
+    """
+    optional = set(optional)
+    out: list[dict[str, str]] = []
+    if isinstance(inputs, str):
+        inputs = [p for p in inputs.split(",") if p.strip()]
+    if not inputs:
+        raise AugmentError(f"{what} is empty: name the JSONL files to read")
+    for path in sources.expand_inputs(list(inputs)):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise AugmentError(f"{path}:{n}: invalid JSON ({e})") from None
+                if not isinstance(obj, dict):
+                    raise AugmentError(f"{path}:{n}: expected a JSON object, got "
+                                       f"{type(obj).__name__}")
+                rec = {"source": f"{os.path.basename(path)}:{n}"}
+                for name, key in fields.items():
+                    if key not in obj:
+                        if name in optional:
+                            continue
+                        raise AugmentError(f"{path}:{n}: no field {key!r} (the {name} field; "
+                                           f"fields on this line: {sorted(obj)})")
+                    value = obj[key]
+                    rec[name] = value if isinstance(value, str) else json.dumps(
+                        value, ensure_ascii=False)
+                out.append(rec)
+    if not out:
+        raise AugmentError(f"{what} {list(inputs)} hold no records")
+    return out
+
+
+class TextShardWriter(records.ShardWriter):
+    """A shard of JSON text records, written atomically like token shards."""
+
+    def write_json(self, obj: Mapping[str, Any]) -> None:
+        """Append one record (UTF-8 JSON with sorted keys)."""
+        blob = json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        self._writer.write(blob)
+        self.records += 1
+
+
+def write_text_shard(directory: str, index: int, rows: Sequence[Mapping[str, Any]]) -> dict:
+    """Write `rows` as text shard `index`; returns its sidecar info."""
+    writer = TextShardWriter(directory, index)
+    for row in rows:
+        writer.write_json(row)
+    return writer.close()
+
+
+def read_text_shard(directory: str, index: int) -> list[dict[str, Any]]:
+    """The JSON records of a complete text shard."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(os.path.join(directory, records.shard_name(index)))
+    try:
+        return [json.loads(b) for b in reader.read(list(range(reader.num_records())))]
+    finally:
+        reader.close()
+
+
+def shard_done(out: str, index: int) -> bool:
+    """Whether shard `index` is complete in both text/ and tokens/."""
+    return bool(records.shard_complete(os.path.join(out, "text"), index)
+                and records.shard_complete(os.path.join(out, "tokens"), index))
+
+
+def prepare_output(out: str, fingerprint: Mapping[str, Any],
+                   subdirs: Sequence[str] = ("text", "tokens")) -> list[str]:
+    """Create `subdirs` under `out`, check the run fingerprint, drop stale temp files."""
+    dirs = [os.path.join(out, d) for d in subdirs]
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(out, FINGERPRINT)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("fingerprint") != digest:
+            changed = sorted(k for k in set(old.get("settings", {})) | set(fingerprint)
+                             if old.get("settings", {}).get(k) != fingerprint.get(k))
+            raise AugmentError(
+                f"{out} holds shards of a different augmentation (changed: {', '.join(changed)}); "
+                "use another output_dir, or delete this one to start over")
+    else:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"fingerprint": digest, "settings": dict(fingerprint)}, f, indent=2,
+                      sort_keys=True)
+        os.replace(tmp, path)
+    pattern = re.compile(r"data-\d+\.array_record(\.json)?\.tmp\d+")
+    for d in dirs:
+        for name in os.listdir(d):
+            if pattern.fullmatch(name):  # left by a killed run; finished shards are kept
+                os.remove(os.path.join(d, name))
+    return dirs
+
+
+def sha(text: str) -> str:
+    """A short hash of a text (for fingerprints)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def finish(out: str, num_shards: int, *, text_kind: str, token_kind: str, tok: TextTokenizer,
+           add_bos: bool, add_eos: bool, extra: Mapping[str, Any]) -> bool:
+    """Write both metadata.json files once every shard is complete; returns whether it did."""
+    text_dir, tok_dir = os.path.join(out, "text"), os.path.join(out, "tokens")
+    text_infos = [records.shard_complete(text_dir, i) for i in range(num_shards)]
+    tok_infos = [records.shard_complete(tok_dir, i) for i in range(num_shards)]
+    if not (all(text_infos) and all(tok_infos)):
+        return False
+    records.write_metadata(text_dir, {
+        "kind": text_kind, "format": "json",
+        "num_records": sum(i["records"] for i in text_infos), "num_tokens": 0,
+        "shards": [{"file": records.shard_name(i), **info} for i, info in enumerate(text_infos)],
+        "tokens": tok_dir, **extra})
+    records.write_metadata(tok_dir, {
+        "kind": token_kind,
+        "tokenizer": {**tok.describe(), "add_bos": add_bos, "add_eos": add_eos},
+        "num_records": sum(i["records"] for i in tok_infos),
+        "num_tokens": sum(i["tokens"] for i in tok_infos),
+        "max_record_tokens": max(i["max_tokens"] for i in tok_infos),
+        "shards": [{"file": records.shard_name(i), **info} for i, info in enumerate(tok_infos)],
+        "text": text_dir, **extra})
+    return True
+
+
+def teacher_errors() -> tuple[type[BaseException], ...]:
+    """Exception types a teacher raises when prompts fail."""
+    from lepjax.augment.openai_client import TeacherError
+
+    return (TeacherError,)
+
+
+def complete_shard(teacher: Any, prompts: Sequence[str], request: Any, index: int,
+                   names: Sequence[str]) -> list[str]:
+    """`teacher.complete(prompts)` for shard `index`; a failure names the shard and the failed
+    prompts (`names[i]` describes prompt i, e.g. "record 12 (train.jsonl:13)")."""
+    try:
+        return teacher.complete(prompts, request)
+    except teacher_errors() as e:
+        failed = list(getattr(e, "failed", None) or range(len(prompts)))
+        where = ", ".join(names[i] for i in failed[:10]) + (", ..." if len(failed) > 10 else "")
+        raise AugmentError(
+            f"teacher failed on shard {index} ({len(failed)} of {len(prompts)} prompts: {where}): "
+            f"{e}. Shards before {index} are complete and kept; rerun to resume from shard "
+            f"{index}") from e
+
+
+def load_teacher(cfg: Any) -> Any:
+    """The teacher `cfg.teacher` describes, on the mesh of `cfg.mesh` (when present)."""
+    from lepjax import models
+    from lepjax.augment.teacher import make_teacher
+
+    mesh, rules = models.mesh_from_config(cfg.mesh) if "mesh" in cfg else (None, None)
+    return make_teacher(cfg.teacher, mesh=mesh, rules=rules)
+
+
+def describe_teacher(cfg: Any) -> dict[str, Any]:
+    """What metadata.json records about the teacher."""
+    t = cfg.teacher
+    if t.backend == "local":
+        return {"backend": "local", "path": os.path.abspath(t.path) if t.path else ""}
+    return {"backend": t.backend, "url": t.url, "model": t.model}

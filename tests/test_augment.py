@@ -1,0 +1,400 @@
+"""Augmentation: instruction-synthesis parsing, chaining under the context budget, seeded templates,
+token-ratio mixture; FIAT records (rationale in the input, loss on the target), kill + resume
+giving identical shards, teacher failure keeping finished shards, LoRA training on the shards,
+inference, and bad input."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import mistral_common
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from lepjax import config as config_lib
+from lepjax import models
+from lepjax.augment import fiat, instruct_format, instruct_pt, shards
+from lepjax.augment.teacher import LocalTeacher, Request, make_teacher, teacher_section
+from lepjax.data import records
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+MISTRAL_SP = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+SP = spm.SentencePieceProcessor(model_file=MISTRAL_SP)
+FIAT_CONFIG = os.path.join(REPO, "configs", "fiat", "augment.py")
+PER_SHARD = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama with the Mistral SentencePiece tokenizer (teacher and student)."""
+    model = models.create_model(models.get_preset("tiny_llama2", vocab_size=32000,
+                                                  dtype="float32"), seed=3)
+    path = models.save_hf(model, str(tmp_path_factory.mktemp("models") / "tiny"))
+    shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_dir):
+    return LocalTeacher(tiny_dir, dtype="float32", batch_size=4, length_bucket=64)
+
+
+@pytest.fixture(scope="module")
+def fiat_inputs(tmp_path_factory):
+    with open(os.path.join(HERE, "fixtures", "ru_gsd_dev.txt"), encoding="utf-8") as f:
+        lines = [line.strip() for line in f][:8]
+    path = tmp_path_factory.mktemp("inputs") / "fiat.jsonl"
+    rows = [{"question": f"Вопрос {i}: о чём текст?\nPassage: {t[:80]}", "label": "да" if i % 2
+             else "нет"} for i, t in enumerate(lines)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return str(path), rows
+
+
+def fiat_overrides(tiny_dir, inputs, out):
+    return [("teacher.path", tiny_dir), ("teacher.dtype", "float32"), ("teacher.batch_size", "4"),
+            ("teacher.length_bucket", "64"), ("fiat.inputs", inputs),
+            ("fiat.input_field", "question"), ("fiat.target_field", "label"),
+            ("fiat.tokenizer", tiny_dir), ("fiat.output_dir", str(out)),
+            ("fiat.records_per_shard", str(PER_SHARD)), ("fiat.max_new_tokens", "12"),
+            ("progress", "false")]
+
+
+def fiat_config(tiny_dir, inputs, out):
+    return config_lib.load(FIAT_CONFIG, fiat_overrides(tiny_dir, inputs, out))
+
+
+@pytest.fixture(scope="module")
+def fiat_run(tiny_dir, teacher, fiat_inputs, tmp_path_factory):
+    """An uninterrupted FIAT augmentation (in process)."""
+    out = tmp_path_factory.mktemp("fiat") / "a"
+    summary = fiat.augment(fiat_config(tiny_dir, fiat_inputs[0], out), teacher=teacher,
+                           progress=False)
+    assert summary["complete"] and summary["shards_total"] == 3
+    return str(out)
+
+
+def shard_files(out):
+    """{relative path: bytes} of every shard and sidecar under text/ and tokens/."""
+    names = [f"{sub}/{n}" for sub in ("text", "tokens") for n in os.listdir(os.path.join(out, sub))]
+    return {n: open(os.path.join(out, n), "rb").read() for n in names if "/data-" in n}
+
+
+def read_tokens(directory, index):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(os.path.join(directory, records.shard_name(index)))
+    return [records.decode(b) for b in reader.read(list(range(reader.num_records())))]
+
+
+def test_parse_pairs_drops_incomplete_duplicate_and_unanswered():
+    out = ("<QUE> What is the capital of Russia? <ANS> Moscow. </END>\n\n"
+           "<QUE> what is the CAPITAL of russia? <ANS> Saint Petersburg. </END>\n\n"
+           "<QUE> Who founded Moscow? <ANS>  </END>\n\n"
+           "<QUE> A question with no answer tag </END>\n\n"
+           "<QUE> Two <QUE> questions? <ANS> x </END>\n\n"
+           "<QUE> Which river flows through Moscow? <ANS> The Moskva,\nmostly. </END>\n\n"
+           "<QUE> When was it founded? <ANS> In 1147, according to")
+    assert instruct_format.parse_pairs(out) == [
+        ("What is the capital of Russia?", "Moscow."),
+        ("Which river flows through Moscow?", "The Moskva,\nmostly.")]
+    assert instruct_format.parse_pairs("no pairs") == [] == instruct_format.parse_pairs("")
+    assert instruct_format.parse_pairs("<QUE> q? <ANS> a </END>") == [("q?", "a")]
+
+
+def test_chaining_never_exceeds_the_context_budget(tiny_dir, teacher):
+    from lepjax.data.tokenizer import load_tokenizer
+
+    context, new = 160, 16
+    budget = instruct_pt.Budget(load_tokenizer(tiny_dir), context, new)
+    short = "Москва — столица России."
+    medium = " ".join(["Кремль стоит на берегу реки."] * 8)  # ~70 tokens: cannot follow a chain
+    huge = " ".join(["Очень длинный текст о городе."] * 60)  # too long even alone: cut
+    texts = [short, medium, short + " Один.", short + " Два.", huge, short + " Три.",
+             medium + " Ещё.", short + " Четыре.", short + " Пять."]
+    plan = instruct_pt.plan_chains(len(texts), 3)
+    assert plan == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+    entries = instruct_pt.synthesize([[texts[i] for i in chain] for chain in plan], teacher,
+                                     budget, Request(max_new_tokens=new))
+    seen = []
+    for chain in entries:
+        for r, e in enumerate(chain):
+            tokens = len(SP.encode(e["prompt"])) + 1  # BOS
+            assert tokens + new <= context, (tokens, e["prompt"][:80])
+            assert e["prompt_tokens"] == tokens
+            assert e["prompt"].endswith(" </CON>\n\n")
+            if e["linked"]:
+                prev = chain[r - 1]
+                assert e["prompt"].startswith(prev["prompt"])
+            seen.append((r, e["linked"], e["truncated"]))
+    assert any(r > 0 and linked for r, linked, _ in seen)
+    assert any(r > 0 and not linked for r, linked, _ in seen)  # the fall-back happened
+    assert any(t for _, _, t in seen)  # the huge text was cut to fit
+    # Chain 1 (medium, huge, short+Четыре): neither follow-up fits after its predecessor.
+    assert [e["linked"] for e in entries[1]] == [False, False, False]
+    assert entries[0][1]["linked"]
+
+
+def chains_with_pairs(n=12):
+    rng = random.Random(0)
+    chains = []
+    for c in range(n):
+        entries = []
+        for r in range(3):
+            k = rng.randint(0, 3)
+            pairs = [[f"Question {c}.{r}.{i}?", f"Answer {c}.{r}.{i}"] for i in range(k)]
+            entries.append({"text": f"Text {c}.{r}.", "pairs": pairs, "linked": r != 2 or c % 2})
+        chains.append({"index": c, "entries": entries})
+    return chains
+
+
+def test_template_choice_is_reproducible_from_the_seed():
+    chains = chains_with_pairs()
+    a, b = instruct_format.templify(chains, seed=0), instruct_format.templify(chains, seed=0)
+    c = instruct_format.templify(chains, seed=1)
+    assert a == b
+    assert len(a) == len(c) == sum(1 + (c_["index"] % 2 == 0) for c_ in chains)
+    assert sum(x != y for x, y in zip(a, c)) >= 3
+    with_options = {"Options:" in d or "option" in d or "Pick one" in d for d in a + c}
+    assert with_options == {True, False}  # the options family and others both occur
+    # Every text, question and answer is in the documents; a text without pairs stays raw.
+    joined = "\n".join(a)
+    for chain in chains:
+        for e in chain["entries"]:
+            assert e["text"] in joined
+            for q, ans in e["pairs"]:
+                assert q in joined and ans in joined
+    bare = {"index": 0, "entries": [{"text": "Just text.", "pairs": [], "linked": False}]}
+    assert instruct_format.templify([bare], seed=5) == ["Just text."]
+
+
+def test_mixture_follows_token_ratios():
+    rng = random.Random(1)
+    pools = {name: [(f"{name}{i}", [0] * rng.randint(20, 200)) for i in range(n)]
+             for name, n in (("augmented", 300), ("raw", 500), ("general", 900))}
+    totals = {k: sum(len(ids) for _, ids in v) for k, v in pools.items()}
+    for weights in ({"augmented": 1, "raw": 0, "general": 1},
+                    {"augmented": 2, "raw": 1, "general": 1}):
+        docs = instruct_pt.mix(pools, weights, seed=0)
+        got = {k: sum(len(ids) for s, _, ids in docs if s == k) for k in pools}
+        assert got["augmented"] == totals["augmented"]  # the scarcest source is used whole
+        for k, w in weights.items():
+            want = w / weights["augmented"] * totals["augmented"]
+            assert abs(got[k] - want) <= 0.02 * want + 1, (weights, got)
+        assert len({t for _, t, _ in docs}) == len(docs)  # no document repeated
+    with pytest.raises(shards.AugmentError, match="instruct_pt.mixture.general"):
+        instruct_pt.mix({"augmented": pools["augmented"]}, {"augmented": 1, "general": 1}, 0)
+
+
+def test_instruct_pt_writes_mixed_document_shards(tiny_dir, teacher, tmp_path):
+    from lepjax.data.tokenizer import load_tokenizer
+
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"question": f"Сколько будет {i} плюс {i}?",
+                                           "response": f"Это {2 * i}."}) + "\n"
+                               for i in range(60)), encoding="utf-8")
+    texts = tmp_path / "domain.txt"
+    with open(os.path.join(HERE, "fixtures", "ru_gsd_dev.txt"), encoding="utf-8") as f:
+        texts.write_text("".join(next(f) for _ in range(9)), encoding="utf-8")
+    cfg = config_lib.load(os.path.join(REPO, "configs", "instruct_pt", "domain.py"), [
+        ("teacher.path", tiny_dir), ("teacher.dtype", "float32"), ("teacher.batch_size", "4"),
+        ("teacher.length_bucket", "64"), ("instruct_pt.inputs", str(texts)),
+        ("instruct_pt.text_mode", "line"), ("instruct_pt.general_inputs", str(general)),
+        ("instruct_pt.max_new_tokens", "8"), ("instruct_pt.context_tokens", "192"),
+        ("instruct_pt.chains_per_shard", "2"), ("instruct_pt.records_per_shard", "8"),
+        ("instruct_pt.tokenizer", tiny_dir), ("instruct_pt.output_dir", str(tmp_path / "o")),
+        ("progress", "false")])
+    summary = instruct_pt.run(cfg, teacher=teacher, progress=False)
+    assert summary["complete"] and summary["chains"] == 3 and summary["texts"] == 9
+    ds = records.open_dataset(summary["tokens"], fingerprint=load_tokenizer(tiny_dir).fingerprint())
+    assert ds.kind == "document"
+    tok = load_tokenizer(tiny_dir)
+    got = {"augmented": 0, "general": 0}
+    for i in range(summary["shards_total"]):
+        for row, rec in zip(shards.read_text_shard(summary["text"], i),
+                            read_tokens(summary["tokens"], i)):
+            ids = [tok.bos_id] + SP.encode(row["text"]) + [tok.eos_id]
+            assert rec["tokens"].tolist() == ids
+            got[row["source"]] += len(ids)
+    assert got == summary["mixture_tokens"]
+    assert abs(got["general"] - got["augmented"]) <= 0.1 * got["augmented"]
+    again = instruct_pt.run(cfg, teacher=None, progress=False)  # all done: no teacher needed
+    assert again["texts_synthesized"] == 0 and again["mixture_tokens"] == got
+
+
+def test_fiat_records_put_the_rationale_in_the_input_and_train_on_the_target(
+        fiat_run, fiat_inputs, tiny_dir, teacher):
+    from lepjax.generate import SamplingParams
+
+    cfg = fiat_config(tiny_dir, fiat_inputs[0], fiat_run)
+    with open(os.path.join(fiat_run, "text", "metadata.json")) as f:
+        assert json.load(f)["kind"] == "fiat_text"
+    ds = records.open_dataset(os.path.join(fiat_run, "tokens"))
+    assert ds.kind == "prompt_target" and ds.num_records == len(fiat_inputs[1])
+    beta = fiat.load_reasoning_prompt(cfg.fiat.reasoning_prompt)
+    eos = SP.eos_id()
+    rows = [r for i in range(3) for r in shards.read_text_shard(os.path.join(fiat_run, "text"), i)]
+    recs = [r for i in range(3) for r in read_tokens(os.path.join(fiat_run, "tokens"), i)]
+    assert [r["input"] for r in rows] == [x["question"] for x in fiat_inputs[1]]
+    assert sum(bool(r["rationale"]) for r in rows) >= len(rows) - 1
+    for row, rec, x in zip(rows, recs, fiat_inputs[1]):
+        mask, tokens = rec["loss_mask"], rec["tokens"]
+        target_ids = SP.encode(" " + x["label"]) + [eos]
+        assert mask.tolist() == [0] * (len(tokens) - len(target_ids)) + [1] * len(target_ids)
+        assert tokens[mask == 1].tolist() == target_ids
+        prompt = SP.decode(tokens[mask == 0][1:].tolist())
+        assert tokens[0] == SP.bos_id()
+        assert row["rationale"] in prompt and x["question"].split("\n")[0] in prompt
+        assert cfg.fiat.task_instruction in prompt and row["target"] == x["label"]
+    # The rationale is the teacher's greedy continuation of I_β + x (decoded here directly).
+    ids = [SP.bos_id()] + SP.encode(fiat.teacher_prompt(beta, rows[0]["input"]))
+    out = teacher.generator.generate([ids], SamplingParams(max_new_tokens=12, eos_ids=(eos,),
+                                                           stop=tuple(cfg.fiat.stop)),
+                                     tokenizer=teacher.tokenizer)[0]
+    assert out.text.strip() == rows[0]["rationale"]
+
+
+def test_fiat_killed_and_rerun_gives_the_same_shards(fiat_run, fiat_inputs, tiny_dir, teacher,
+                                                       tmp_path):
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "lepjax", "augment", "fiat", f"--config={FIAT_CONFIG}"] + [
+        f"--config.{k}={v}" for k, v in fiat_overrides(tiny_dir, fiat_inputs[0], out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = out / "tokens" / (records.shard_name(0) + ".json")
+    deadline = time.time() + 240
+    while not first.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL) or proc.wait()
+    done = [shards.shard_done(str(out), i) for i in range(3)]
+    assert done[0] and not all(done), done  # killed mid-way
+    stamp = os.stat(out / "text" / records.shard_name(0)).st_mtime_ns
+    cfg = fiat_config(tiny_dir, fiat_inputs[0], out)
+    summary = fiat.augment(cfg, teacher=teacher, progress=False)
+    assert summary["complete"] and summary["shards_skipped"] >= 1
+    assert os.stat(out / "text" / records.shard_name(0)).st_mtime_ns == stamp  # not redone
+    assert not [n for sub in ("text", "tokens") for n in os.listdir(out / sub) if ".tmp" in n]
+    reference, resumed = shard_files(fiat_run), shard_files(str(out))
+    assert sorted(reference) == sorted(resumed) and len(reference) == 12
+    for name in reference:
+        assert reference[name] == resumed[name], name
+
+
+def test_teacher_failure_names_the_shard_and_keeps_finished_ones(fiat_run, fiat_inputs, tiny_dir,
+                                                                 tmp_path):
+    out = tmp_path / "c"
+    shutil.copytree(fiat_run, out)
+    for name in [f"{sub}/{f}" for sub in ("text", "tokens") for f in os.listdir(out / sub)]:
+        if name.endswith("metadata.json") or "-00000" not in name:  # as if killed after shard 0
+            os.remove(out / name)
+    before = shard_files(str(out))
+    with socket.socket() as s:  # a port nobody listens on: connections are refused
+        port = s.bind(("127.0.0.1", 0)) or s.getsockname()[1]
+    section = teacher_section()
+    section.update(dict(backend="openai", url=f"http://127.0.0.1:{port}/v1", model="m",
+                        max_retries=0, timeout_s=2.0, backoff_s=0.01, concurrency=2))
+    with pytest.raises(shards.AugmentError) as err:
+        fiat.augment(fiat_config(tiny_dir, fiat_inputs[0], out), teacher=make_teacher(section),
+                     progress=False)
+    msg = str(err.value)
+    assert "shard 1" in msg and "record 3 (fiat.jsonl:4)" in msg and "rerun" in msg
+    assert shard_files(str(out)) == before  # the finished shard is kept as it was
+
+
+@pytest.fixture(scope="module")
+def lora_run(fiat_run, tiny_dir, tmp_path_factory):
+    from lepjax.train import loop
+
+    run = tmp_path_factory.mktemp("lora") / "run"
+    cfg = config_lib.load(os.path.join(REPO, "configs", "fiat", "lora_tune.py"), [
+        ("model.path", tiny_dir), ("model.dtype", "float32"),
+        ("data.paths", os.path.join(fiat_run, "tokens")), ("data.seq_len", "128"),
+        ("data.batch_size", "4"), ("train.run_dir", str(run)), ("train.steps", "3"),
+        ("train.log_every", "1"), ("train.save_every", "0"), ("train.loss_chunk", "64"),
+        ("train.progress", "false"), ("train.async_checkpointing", "false"),
+        ("train.lora.rank", "4"), ("optim.lr", "1e-2"), ("optim.warmup_steps", "1")])
+    initial = models.io.pure_params(models.load(tiny_dir, dtype="float32")[0])
+    loop.train(cfg)
+    return str(run), initial
+
+
+def test_fiat_shards_train_a_lora_student(lora_run):
+    import jax
+
+    from lepjax.train import params as P
+    from lepjax.train.checkpoint import Checkpointer, restore_frozen
+    from lepjax.train.loop import load_run
+
+    run, initial = lora_run
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        losses = [json.loads(line)["loss"] for line in f if "loss" in line]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    meta = Checkpointer(run).state_metadata(3)
+    assert meta["trainable"] and all(k.startswith("lora/") for k in meta["trainable"])
+    assert {k.split("/")[-2] for k in meta["trainable"]} == {"q", "k", "v", "o", "gate", "up",
+                                                             "down"}
+    flat = P.flatten(initial)
+    frozen = restore_frozen(run, {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+                                  for k, v in flat.items()})
+    for k, v in flat.items():
+        np.testing.assert_array_equal(np.asarray(frozen[k]), np.asarray(v), err_msg=k)
+    merged = P.flatten(models.io.pure_params(load_run(run)))
+    assert not np.array_equal(np.asarray(merged["layers/attn/q"]),
+                              np.asarray(flat["layers/attn/q"]))  # the adapters moved
+
+
+def test_fiat_infer_uses_teacher_rationale_then_student(lora_run, fiat_run, fiat_inputs,
+                                                        tiny_dir, teacher, tmp_path):
+    from lepjax.augment.fiat_infer import infer
+
+    preds = tmp_path / "preds.jsonl"
+    cfg = config_lib.load(os.path.join(REPO, "configs", "fiat", "infer.py"),
+                          fiat_overrides(tiny_dir, fiat_inputs[0], tmp_path / "unused") + [
+                              ("fiat.infer.student", lora_run[0]),
+                              ("fiat.infer.output", str(preds)), ("fiat.infer.dtype", "float32"),
+                              ("fiat.infer.max_new_tokens", "4"),
+                              ("fiat.infer.length_bucket", "64")])
+    summary = infer(cfg, teacher=teacher, progress=False)
+    rows = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    trained = [r for i in range(3) for r in shards.read_text_shard(os.path.join(fiat_run, "text"), i)]
+    assert summary["inputs"] == len(rows) == len(trained) and "exact_match" in summary
+    for row, t in zip(rows, trained):
+        assert row["input"] == t["input"] and row["rationale"] == t["rationale"]
+        assert row["prompt"] == t["prompt"]  # the student sees the format it was tuned on
+        assert isinstance(row["prediction"], str) and row["target"] == t["target"]
+
+
+def test_bad_input_names_file_line_and_key(fiat_run, fiat_inputs, tiny_dir, tmp_path, capsys):
+    from lepjax.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) for r in fiat_inputs[1][:4]]
+    lines[2] = json.dumps({"question": "без ответа"}, ensure_ascii=False)
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["augment", "fiat", f"--config={FIAT_CONFIG}"] + [
+        f"--config.{k}={v}" for k, v in fiat_overrides(tiny_dir, str(bad), out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:3" in err and "'label'" in err
+    assert not out.exists() or not any(n.startswith("data-") for sub in ("text", "tokens")
+                                       for n in os.listdir(out / sub))
+    bad.write_text(lines[0] + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(shards.AugmentError, match=f"{bad}:2: invalid JSON"):
+        fiat.augment(fiat_config(tiny_dir, str(bad), out), progress=False)
+    # Other inputs into a finished output directory: refused, nothing touched.
+    before = shard_files(fiat_run)
+    bad.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in fiat_inputs[1][:2]),
+                   encoding="utf-8")
+    with pytest.raises(shards.AugmentError, match="different augmentation"):
+        fiat.augment(fiat_config(tiny_dir, str(bad), fiat_run), progress=False)
+    assert shard_files(fiat_run) == before
