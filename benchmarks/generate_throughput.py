@@ -28,6 +28,8 @@ def main():
     p.add_argument("--max-prompt", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--steps-per-sync", type=int, default=16,
+                   help="lepjax decoding steps on the device between host checks")
     p.add_argument("--skip-torch", action="store_true", help="only time lepjax")
     a = p.parse_args()
 
@@ -54,7 +56,9 @@ def main():
             d, dtype=tdtype).to(tdev).eval()
 
     params = SamplingParams(max_new_tokens=a.new_tokens)  # no EOS: exactly new_tokens each
-    gen = Generator(model, mesh=mesh, batch_size=a.batch, length_bucket=64)
+    gen = Generator(model, mesh=mesh, batch_size=a.batch, length_bucket=64,
+                    steps_per_sync=a.steps_per_sync)
+    per_step = Generator(model, mesh=mesh, batch_size=a.batch, length_bucket=64, steps_per_sync=1)
 
     def run_lepjax():
         return gen.generate(prompts, params)
@@ -86,7 +90,11 @@ def main():
               "lepjax_platform": jax.default_backend(),
               "device": jax.devices()[0].device_kind, "prompts": a.batch,
               "prompt_lengths": [a.min_prompt, a.max_prompt], "new_tokens": a.new_tokens,
+              "steps_per_sync": a.steps_per_sync,
               "lepjax_s": round(t_lep, 3), "lepjax_tokens_per_s": round(ntok / t_lep, 1)}
+    _, t_step = timed(lambda: per_step.generate(prompts, params))
+    result.update({"lepjax_per_step_sync_s": round(t_step, 3),
+                   "steps_per_sync_speedup": round(t_step / t_lep, 3)})
     if hf is not None:
         torch_out, t_torch = timed(run_torch)
         same = sum(list(map(int, t)) == c.tokens for t, c in zip(torch_out, lep_out))
