@@ -239,6 +239,8 @@ def test_fiat_records_put_the_rationale_in_the_input_and_train_on_the_target(
         assert json.load(f)["kind"] == "fiat_text"
     ds = records.open_dataset(os.path.join(fiat_run, "tokens"))
     assert ds.kind == "prompt_target" and ds.num_records == len(fiat_inputs[1])
+    with pytest.raises(records.DataError, match="'fiat_text' records.*tokens"):
+        records.open_dataset(os.path.join(fiat_run, "text"))  # train given text/ by mistake
     beta = fiat.load_reasoning_prompt(cfg.fiat.reasoning_prompt)
     eos = SP.eos_id()
     rows = [r for i in range(3) for r in shards.read_text_shard(os.path.join(fiat_run, "text"), i)]

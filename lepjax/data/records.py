@@ -185,6 +185,10 @@ def open_dataset(
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise DataError(f"{meta_path}: schema version {meta.get('schema_version')}; this lepjax "
                         f"reads version {SCHEMA_VERSION}")
+    if meta.get("kind") not in KINDS:
+        hint = f"; its token records are in {meta['tokens']}" if meta.get("tokens") else ""
+        raise DataError(f"{path}: holds {meta.get('kind')!r} records, not token records "
+                        f"({' or '.join(KINDS)}){hint}")
     if int(meta.get("num_records", 0)) == 0 or int(meta.get("num_tokens", 0)) == 0:
         raise DataError(f"{path}: the dataset is empty (0 records)")
     tok = meta.get("tokenizer", {})
