@@ -137,11 +137,20 @@ def test_conversion_recovers_a_known_matrix_and_swap_keeps_donor_rows(family, tm
 def test_instruct_tokens_and_chat_template_survive(family, tmp_path):
     from lepjax.vocab.tokenizer import load_tokenizer
 
-    out = propagate(family["B"], family["I"], family["D"], str(tmp_path / "o"))
+    inst = str(tmp_path / "I")  # I ends turns with its added <|im_end|> as well as </s>
+    shutil.copytree(family["I"], inst)
+    with open(os.path.join(inst, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["eos_token_id"] = [2, 32001]
+    with open(os.path.join(inst, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    out = propagate(family["B"], inst, family["D"], str(tmp_path / "o"))
     assert out["added_from_instruct"] == ADDED
     tok = load_tokenizer(out["output"])
     vd = load_tokenizer(family["D"]).vocab_size
     assert tok.pieces[vd:vd + 2] == ADDED
+    mc = models.load(out["output"], param_dtype="float32")[1]
+    assert mc.eos_token_id == (2, vd + 1) and mc.bos_token_id == 1  # ids in the new vocabulary
     e, h = rows(out["output"])
     np.testing.assert_allclose(e[vd:vd + 2], family["e_i"][32000:32002], atol=1e-7)
     np.testing.assert_allclose(h[vd:vd + 2], family["h_i"][32000:32002], atol=1e-7)

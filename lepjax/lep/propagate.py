@@ -117,8 +117,20 @@ def propagate(base: str, instruct: str, donor: str, output_dir: str, *, method: 
         residuals[module] = res
         log.info("LEP %s %s: relative residual %.3e", method, module, res)
 
-    config = ci.replace(vocab_size=rows_out, bos_token_id=tok_d.piece_to_id.get(tok_d.bos or "", ci.bos_token_id),
-                        eos_token_id=ci.eos_token_id)
+    # I's BOS / EOS ids in the output vocabulary (its EOS may be an added chat token).
+    out_ids = {p: i for i, p in enumerate(tok_d.pieces)}
+    out_ids.update({p: tok_d.vocab_size + k for k, (_, p) in enumerate(added)})
+
+    def remap(i_id):
+        if i_id is None:
+            return None
+        if isinstance(i_id, (tuple, list)):
+            return tuple(x for x in (remap(j) for j in i_id) if x is not None)
+        piece = tok_i.pieces[i_id] if 0 <= i_id < len(tok_i.pieces) else None
+        return out_ids.get(piece, i_id if i_id < tok_d.vocab_size else None)
+
+    config = ci.replace(vocab_size=rows_out, bos_token_id=remap(ci.bos_token_id),
+                        eos_token_id=remap(ci.eos_token_id))
 
     def make(path, struct, sharding):
         if path == ("embed",):
