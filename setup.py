@@ -31,6 +31,7 @@ setup(
         "matplotlib>=3.7",
         "protobuf>=3.20",
         "pyarrow>=14",
+        "sacrebleu>=2.3",
     ],
     extras_require={
         # torch: install the CPU build first (`pip install torch==2.13.0`); any >=2.4 is accepted

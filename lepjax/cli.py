@@ -23,7 +23,7 @@ DEFAULT_CONFIGS: dict[str, Callable] = {}
 # Modules that register further verbs with `@verb(...)` when imported.
 VERB_MODULES: list[str] = ["lepjax.data.cli", "lepjax.train.cli", "lepjax.generate_cli",
                            "lepjax.vocab.cli", "lepjax.lep.cli", "lepjax.adapt_cli",
-                           "lepjax.augment.cli", "lepjax.serve"]
+                           "lepjax.eval.cli", "lepjax.augment.cli", "lepjax.serve"]
 
 
 def verb(name: str, help: str, default_config: Callable | None = None):
