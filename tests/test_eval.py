@@ -231,6 +231,11 @@ def test_metrics_on_hand_computed_examples():
     assert M.exact_match("a cat", ["dog", "the cat"]) == 1.0
     assert M.exact_match("cats", "cat") == 0.0
     assert M.exact_match("«Москва».", "москва", "ru") == 1.0
+    assert M.exact_match("U.S.", "US") == 1.0  # punctuation is deleted, not a word break
+    assert M.token_f1("don't stop", "dont") == pytest.approx(2 / 3)
+    # Devanagari vowel signs are combining marks: they belong to their word.
+    assert M.rouge_l("कि", "का", "hi") == 0.0
+    assert M.rouge_l("हिन्दी किताब", "नई किताब", "hi") == pytest.approx(0.5)
     # pred {quick, brown, fox} vs gold {quick, fox, jumps}: 2 common, P = R = 2/3
     assert M.token_f1("the quick brown fox", "quick fox jumps") == pytest.approx(2 / 3)
     assert M.token_f1("Привет, мир", ["мир", "пока"], "ru") == pytest.approx(2 / 3)  # P 1/2, R 1

@@ -126,7 +126,8 @@ def _prepare_tasks(cfg: ConfigDict) -> dict[str, tuple]:
         examples = read_examples(task, entry.data, cfg.max_examples)
         pool_path = entry.get("fewshot_data") or entry.data
         pool = read_examples(task, pool_path) if task.fewshot else []
-        out[name] = (task, examples, pool, pool_path == entry.data)
+        same = os.path.realpath(pool_path) == os.path.realpath(entry.data)
+        out[name] = (task, examples, pool, same)
     return out
 
 

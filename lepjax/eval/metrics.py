@@ -6,9 +6,9 @@ articles of English ("a", "an", "the") only for English, and split on white spac
 written without spaces between words (Japanese, Thai, Chinese) are compared character by
 character instead. With several gold answers an example scores its best match.
 
-ROUGE-L is the F-measure of the longest common subsequence of tokens (lower-cased `\\w+` runs,
-characters for the languages above), computed here rather than with `rouge_score`, whose default
-tokenizer drops every non-ASCII character. chrF is sacrebleu's (character 6-grams, beta 2).
+ROUGE-L is the F-measure of the longest common subsequence of tokens (lower-cased runs of
+letters, combining marks and digits; characters for the languages above), computed here rather
+than with `rouge_score`, whose default tokenizer drops every non-ASCII character. chrF is sacrebleu's (character 6-grams, beta 2).
 All scores lie in [0, 1] except chrF, in [0, 100] as sacrebleu reports it.
 """
 
@@ -26,7 +26,7 @@ ARTICLES = {"en": re.compile(r"\b(a|an|the)\b")}
 def normalize_answer(text: str, lang: str = "en") -> str:
     """SQuAD-style normalisation: lower-case, no punctuation, no articles, single spaces."""
     text = text.lower()
-    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
     if lang in ARTICLES:
         text = ARTICLES[lang].sub(" ", text)
     return " ".join(text.split())
@@ -66,9 +66,20 @@ def token_f1(prediction: str, golds: str | Sequence[str], lang: str = "en") -> f
     return best
 
 
+def _word_char(ch: str) -> bool:
+    # Letters, combining marks (Devanagari and Thai vowel signs, ...) and digits make words.
+    return ch == "_" or unicodedata.category(ch)[0] in "LMN"
+
+
 def rouge_tokens(text: str, lang: str = "en") -> list[str]:
     """Tokens ROUGE-L compares: lower-cased word runs (characters for unspaced scripts)."""
-    words = re.findall(r"\w+", text.lower())
+    words, run = [], []
+    for ch in text.lower() + " ":
+        if _word_char(ch):
+            run.append(ch)
+        elif run:
+            words.append("".join(run))
+            run = []
     if lang in CHARACTER_LANGUAGES:
         return [ch for w in words for ch in w]
     return words
