@@ -246,7 +246,13 @@ class Server:
                         return
                 for job in batch:
                     self._pending.remove(job)
-            self._decode(batch)
+            try:
+                self._decode(batch)
+            except Exception as e:  # noqa: BLE001  (never leave a request waiting forever)
+                log.exception("serving a batch of %d requests failed", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
 
     def _decode(self, batch: list[_Job]) -> None:
         prompts = [p for job in batch for p in job.prompts]

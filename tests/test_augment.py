@@ -249,7 +249,12 @@ def test_fiat_records_put_the_rationale_in_the_input_and_train_on_the_target(
     assert sum(bool(r["rationale"]) for r in rows) >= len(rows) - 1
     for row, rec, x in zip(rows, recs, fiat_inputs[1]):
         mask, tokens = rec["loss_mask"], rec["tokens"]
-        target_ids = SP.encode(" " + x["label"]) + [eos]
+        # The target continues the prompt as running text: " yes" after "Answer:" is one
+        # "▁yes" token, not a lone "▁" followed by "▁yes".
+        p_ids = SP.encode(row["prompt"])
+        target_ids = SP.encode(row["prompt"] + " " + x["label"])[len(p_ids):] + [eos]
+        assert SP.id_to_piece(target_ids[0]) != "▁"
+        assert tokens[:len(p_ids) + 1].tolist() == [SP.bos_id()] + p_ids
         assert mask.tolist() == [0] * (len(tokens) - len(target_ids)) + [1] * len(target_ids)
         assert tokens[mask == 1].tolist() == target_ids
         prompt = SP.decode(tokens[mask == 0][1:].tolist())
@@ -400,3 +405,25 @@ def test_bad_input_names_file_line_and_key(fiat_run, fiat_inputs, tiny_dir, tmp_
     with pytest.raises(shards.AugmentError, match="different augmentation"):
         fiat.augment(fiat_config(tiny_dir, str(bad), fiat_run), progress=False)
     assert shard_files(fiat_run) == before
+
+
+def test_records_the_teacher_cannot_take_fail_or_are_skipped_by_on_error(
+        tiny_dir, teacher, fiat_inputs, tmp_path):
+    """A record whose prompt does not fit the teacher's context: `fail` names it and stops,
+    `skip` leaves it out of its shard and keeps every other record."""
+    rows = list(fiat_inputs[1][:6])
+    rows[4] = {"question": "слово " * 600, "label": "да"}  # beyond the tiny model's context
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    with pytest.raises(shards.AugmentError, match=r"shard 1 .*record 4 \(long.jsonl:5\)"):
+        fiat.augment(fiat_config(tiny_dir, str(path), tmp_path / "fail"), teacher=teacher,
+                     progress=False)
+    cfg = config_lib.load(FIAT_CONFIG, fiat_overrides(tiny_dir, str(path), tmp_path / "skip")
+                          + [("fiat.on_error", "skip")])
+    summary = fiat.augment(cfg, teacher=teacher, progress=False)
+    assert summary["complete"] and summary["records_failed_this_run"] == 1
+    kept = [r["input"] for i in range(2)
+            for r in shards.read_text_shard(str(tmp_path / "skip" / "text"), i)]
+    assert kept == [r["question"] for k, r in enumerate(rows) if k != 4]
+    assert records.open_dataset(str(tmp_path / "skip" / "tokens")).num_records == 5

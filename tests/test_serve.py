@@ -147,6 +147,14 @@ def test_unknown_model_is_404_and_4xx_is_not_retried_by_the_client(server):
     assert "context is 512 tokens" in str(e.value) and server in str(e.value)
 
 
+def test_local_teacher_refuses_prompts_beyond_the_context_and_keeps_the_rest(local):
+    with pytest.raises(TeacherError) as e:
+        local.complete(["Привет", "слово " * 600, "a b"], Request(max_new_tokens=3))
+    assert e.value.failed == [1] and sorted(e.value.completed) == [0, 2]
+    assert e.value.completed[0] == local.complete(["Привет"], Request(max_new_tokens=3))[0]
+    assert "context of 512" in str(e.value)
+
+
 class FakeHandler(BaseHTTPRequestHandler):
     """An unreliable completions server: behaviour chosen by the prompt's first word."""
 

@@ -49,6 +49,10 @@ def fiat_section() -> ConfigDict:
       add_bos, add_eos: BOS before the prompt, EOS after the target.
       output_dir: where text/ and tokens/ go.
       records_per_shard: examples per shard (the unit of resumption).
+      on_error: fail | skip: when the teacher fails on some records of a shard (e.g. a prompt
+        beyond its context, an HTTP 400), stop with an error naming them (fail), or leave those
+        records out of the shard and go on (skip; logged, counted in the summary). A shard where
+        every record fails stops the run either way (the teacher is likely down).
       infer: inference (`lepjax augment fiat-infer`):
         student: the tuned student: a `lepjax train` run directory (LoRA merged) or a model dir.
         tokenizer: the student's tokenizer ("" = fiat.tokenizer, else the student directory).
@@ -60,7 +64,7 @@ def fiat_section() -> ConfigDict:
         inputs=(), input_field="input", target_field="target", reasoning_prompt="",
         task_instruction="", task_template=TASK_TEMPLATE, target_prefix=" ",
         max_new_tokens=256, stop=("\n\nInput:",), tokenizer="", add_bos=True, add_eos=True,
-        output_dir="", records_per_shard=1000,
+        output_dir="", records_per_shard=1000, on_error="fail",
         infer=dict(student="", tokenizer="", output="", max_new_tokens=64, stop=("\n",),
                    dtype="bfloat16", batch_size=16, length_bucket=64)))
 
@@ -141,7 +145,10 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
     num_shards = math.ceil(len(examples) / n)
     request = teacher_request(fc)
     bar = tqdm(total=len(examples), desc="fiat", unit="rec", disable=not progress)
+    if fc.on_error not in ("fail", "skip"):
+        raise shards.AugmentError(f"fiat.on_error must be 'fail' or 'skip', got {fc.on_error!r}")
     start, written, skipped, done_records = time.perf_counter(), 0, 0, 0
+    failed_records = 0
     try:
         for index in range(num_shards):
             chunk = examples[index * n:(index + 1) * n]
@@ -156,9 +163,13 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
                     teacher = shards.load_teacher(cfg)
                 prompts = [teacher_prompt(beta, e["input"]) for e in chunk]
                 names = [f"record {index * n + k} ({e['source']})" for k, e in enumerate(chunk)]
-                rationales = shards.complete_shard(teacher, prompts, request, index, names)
+                rationales = shards.complete_shard(teacher, prompts, request, index, names,
+                                                   skip_failed=fc.on_error == "skip")
                 rows = []
                 for k, (e, r) in enumerate(zip(chunk, rationales)):
+                    if r is None:
+                        failed_records += 1
+                        continue
                     r = r.strip()
                     rows.append({"index": index * n + k, "source": e["source"],
                                  "instruction": fc.task_instruction, "input": e["input"],
@@ -186,7 +197,8 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
              done_records, written, skipped, seconds, done_records / max(seconds, 1e-9))
     return {"output_dir": out, "text": text_dir, "tokens": tok_dir, "records": len(examples),
             "shards_total": num_shards, "shards_written": written, "shards_skipped": skipped,
-            "records_per_s": round(done_records / max(seconds, 1e-9), 3), "complete": complete}
+            "records_per_s": round(done_records / max(seconds, 1e-9), 3), "complete": complete,
+            "records_failed_this_run": failed_records}
 
 
 def _inputs(section: Any) -> list[str]:

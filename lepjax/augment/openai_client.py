@@ -126,7 +126,7 @@ class OpenAITeacher:
                 raise _Retryable(message, retry_after) from None
             raise _Fatal(message) from None
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                http.client.HTTPException) as e:
+                http.client.HTTPException, OSError) as e:
             reason = getattr(e, "reason", e)
             raise _Retryable(f"{type(reason).__name__}: {reason}") from None
         try:
@@ -167,11 +167,13 @@ class OpenAITeacher:
                              f"{self.give_up_after} prompts in a row failed")
             try:
                 text = self._complete_one(prompts[i], request)
-            except _Fatal as e:
+            except Exception as e:  # noqa: BLE001  (any failure of one prompt is that prompt's)
+                if not isinstance(e, _Fatal):
+                    e = _Fatal(f"{type(e).__name__}: {e}")
                 with lock:
                     streak[0] += 1
                     last_error[0] = str(e)
-                raise
+                raise e from None
             with lock:
                 streak[0] = 0
             return text

@@ -15,6 +15,7 @@ an error instead of a silent mix.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import re
@@ -26,6 +27,8 @@ from lepjax.data.tokenizer import TextTokenizer
 
 FINGERPRINT = "augment.json"
 
+
+log = logging.getLogger("lepjax.augment")
 
 class AugmentError(ValueError):
     """Bad augmentation input or a failed teacher call (the message names file, line or shard)."""
@@ -169,20 +172,26 @@ def finish(out: str, num_shards: int, *, text_kind: str, token_kind: str, tok: T
 
 def teacher_errors() -> tuple[type[BaseException], ...]:
     """Exception types a teacher raises when prompts fail."""
-    from lepjax.augment.openai_client import TeacherError
+    from lepjax.augment.teacher import TeacherError
 
     return (TeacherError,)
 
 
 def complete_shard(teacher: Any, prompts: Sequence[str], request: Any, index: int,
-                   names: Sequence[str]) -> list[str]:
+                   names: Sequence[str], skip_failed: bool = False) -> list[str | None]:
     """`teacher.complete(prompts)` for shard `index`; a failure names the shard and the failed
-    prompts (`names[i]` describes prompt i, e.g. "record 12 (train.jsonl:13)")."""
+    prompts (`names[i]` describes prompt i, e.g. "record 12 (train.jsonl:13)"). With
+    `skip_failed`, failed prompts come back as None (logged) and the others are kept."""
     try:
         return teacher.complete(prompts, request)
     except teacher_errors() as e:
         failed = list(getattr(e, "failed", None) or range(len(prompts)))
         where = ", ".join(names[i] for i in failed[:10]) + (", ..." if len(failed) > 10 else "")
+        completed = getattr(e, "completed", None) or {}
+        if skip_failed and completed:
+            log.warning("shard %d: skipping %d records the teacher failed on (%s): %s", index,
+                        len(failed), where, getattr(e, "last_error", e))
+            return [completed.get(i) for i in range(len(prompts))]
         raise AugmentError(
             f"teacher failed on shard {index} ({len(failed)} of {len(prompts)} prompts: {where}): "
             f"{e}. Shards before {index} are complete and kept; rerun to resume from shard "

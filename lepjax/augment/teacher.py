@@ -91,7 +91,7 @@ class LocalTeacher:
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise ValueError(f"tokenizer of {path} has {self.tokenizer.vocab_size} tokens but the "
                              f"model only {self.model.config.vocab_size} embedding rows")
-        self.add_bos = add_bos
+        self.add_bos, self.path = add_bos, path
         self.generator = Generator(self.model, mesh=mesh, rules=rules, batch_size=batch_size,
                                    length_bucket=length_bucket)
 
@@ -111,9 +111,22 @@ class LocalTeacher:
         params = SamplingParams(max_new_tokens=request.max_new_tokens,
                                 temperature=request.temperature, top_p=request.top_p,
                                 seed=request.seed, eos_ids=eos, stop=tuple(request.stop))
-        outs = self.generator.generate(self.encode(prompts), params, tokenizer=self.tokenizer,
-                                       progress=progress)
-        return [o.text or "" for o in outs]
+        encoded = self.encode(prompts)
+        context = self.model.config.max_position_embeddings
+        fits = [i for i, ids in enumerate(encoded) if len(ids) + request.max_new_tokens <= context]
+        outs = self.generator.generate([encoded[i] for i in fits], params,
+                                       tokenizer=self.tokenizer, progress=progress) if fits else []
+        completed = {i: o.text or "" for i, o in zip(fits, outs)}
+        if len(fits) < len(prompts):
+            failed = [i for i in range(len(prompts)) if i not in completed]
+            error = (f"prompt {failed[0]} has {len(encoded[failed[0]])} tokens; with "
+                     f"max_new_tokens={request.max_new_tokens} it exceeds the model's context of "
+                     f"{context}")
+            raise TeacherError(f"{len(failed)} of {len(prompts)} prompts do not fit the context "
+                               f"of {self.path} (indices {failed[:20]}): {error}",
+                               completed=completed, failed=failed, url=self.path,
+                               last_error=error)
+        return [completed[i] for i in range(len(prompts))]
 
 
 def make_teacher(section: Any, *, mesh=None, rules=None) -> Teacher:

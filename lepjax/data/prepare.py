@@ -33,6 +33,8 @@ def default_config():
       text_mode: text files: `line` (one document per line) or `paragraph` (blank-line separated).
       text_field: JSONL/Parquet/TFDS field holding a document.
       prompt_field, target_field: set both for prompt/target records (loss on the target only).
+        prompt + target is tokenised as one text, so a separating space or newline is part of
+        the prompt or the target string.
       tfds_name, tfds_split, tfds_data_dir: the TFDS dataset when format = tfds.
       output_dir: the dataset directory to write.
       records_per_shard: documents per shard.
@@ -61,13 +63,20 @@ def tokenize_examples(tok: TextTokenizer, examples: list[dict[str, str]], add_bo
     """(token ids, loss mask or None) per example, BOS/EOS added as configured."""
     bos = [tok.bos_id] if add_bos and tok.bos_id is not None else []
     eos = [tok.eos_id] if add_eos and tok.eos_id is not None else []
+    if not examples:
+        return
     if "text" in examples[0]:
         for ids in tok.encode_batch([ex["text"] for ex in examples]):
             yield bos + ids + eos, None
         return
     prompts = tok.encode_batch([ex["prompt"] for ex in examples])
-    targets = tok.encode_batch([ex["target"] for ex in examples])
-    for p, t in zip(prompts, targets):
+    wholes = tok.encode_batch([ex["prompt"] + ex["target"] for ex in examples])
+    for ex, p, w in zip(examples, prompts, wholes):
+        # The target is what follows the prompt's own tokens in prompt + target encoded as one
+        # text (as the model meets it at inference: the prompt alone, then its continuation);
+        # where a token merges across the boundary, the target is encoded on its own.
+        joint = w[:len(p)] == p and len(w) > len(p)
+        t = w[len(p):] if joint else tok.encode_batch([ex["target"]])[0]
         p, t = bos + p, t + eos
         yield p + t, [0] * len(p) + [1] * len(t)
 
