@@ -1,7 +1,8 @@
 """`lepjax adapt`: the whole language adaptation in one run directory.
 
-Stages (each records its outputs in `run_dir/stages/<stage>.json` and is skipped on a rerun once
-complete, so a rerun after a crash continues where it stopped):
+Stages (each records its outputs and a hash of its settings in `run_dir/stages/<stage>.json` and
+is skipped on a rerun once complete, so a rerun after a crash continues where it stopped; a stage
+whose settings changed runs again from scratch, and so does every stage after it):
 
   demo       (configs/demo.py only) build a tiny model family on the spot: a tokenizer trained
              on bundled English text, a base model pre-trained briefly on it, an instruct
@@ -47,7 +48,8 @@ def default_config() -> ConfigDict:
       heldout_text: held-out target-language files (efficiency and bits per byte).
       vocab.k, vocab.priority, vocab.aux_vocab_size, vocab.init_method: see `lepjax vocab`.
       data.seq_len, data.batch_size: rows for embedding training.
-      train.steps, train.lr, train.warmup_steps, train.weight_decay: embedding-only LAPT.
+      train.steps, train.lr, train.warmup_steps, train.weight_decay: embedding-only LAPT
+        (warm-up is capped at a tenth of the steps of each training).
       train.save_every: checkpoint interval of every training in the run (0 = only at the end);
         a run killed mid-training resumes from its latest checkpoint on the rerun.
       model.dtype, model.remat_policy: compute settings for training.
@@ -56,8 +58,8 @@ def default_config() -> ConfigDict:
         calibrate.lr, calibrate.lora_rank, calibrate.layers: self-calibration (see above).
       export.format: hf | lepjax.
       eval.max_lines: held-out lines used for bits per byte (0 = all).
-      demo.enabled, demo.english_text, demo.vocab_size, demo.base_steps, demo.instruct_steps:
-        the on-the-spot tiny model family (see configs/demo.py).
+      demo.enabled, demo.english_text, demo.vocab_size, demo.base_steps, demo.instruct_steps,
+        demo.seq_len, demo.batch_size: the on-the-spot tiny model family (see configs/demo.py).
     """
     return ConfigDict(dict(
         run_dir="", base="", instruct="", target_text=(), heldout_text=(),
@@ -76,24 +78,49 @@ def default_config() -> ConfigDict:
 
 
 class Stages:
-    """Runs stages once: a completed stage's record is reused on later runs."""
+    """Runs stages once: a completed stage's record is reused on later runs.
+
+    Each record keeps a hash of the settings the stage ran with. A stage runs again when its
+    record or an output is missing (a crash: its work directory is kept, so training resumes from
+    its checkpoint), when its settings changed, or when a stage before it ran in this invocation;
+    in the last two cases its `reset` paths are deleted first, so nothing stale is resumed.
+    """
 
     def __init__(self, run_dir: str):
         self.dir = os.path.join(run_dir, "stages")
         os.makedirs(self.dir, exist_ok=True)
+        self.upstream_ran = False
 
-    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def run(self, name: str, fn: Callable[[], dict[str, Any]], settings: Any = None,
+            reset: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The record of stage `name`, running `fn` unless a complete, current one exists."""
+        import hashlib
+        import shutil
+
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
+                             ).hexdigest()[:16]
         path = os.path.join(self.dir, f"{name}.json")
+        record = None
         if os.path.isfile(path):
             with open(path) as f:
                 record = json.load(f)
-            if all(os.path.exists(p) for p in record.get("outputs", {}).values()):
-                log.info("stage %s: complete, skipped", name)
-                return record
+        if record is not None and not self.upstream_ran and record.get("settings") == key and \
+                all(os.path.exists(p) for p in record.get("outputs", {}).values()):
+            log.info("stage %s: complete, skipped", name)
+            return record
+        if self.upstream_ran or (record is not None and record.get("settings") != key):
+            why = "an earlier stage ran again" if self.upstream_ran else "its settings changed"
+            log.warning("stage %s: running again (%s)", name, why)
+            for p in reset:
+                shutil.rmtree(p, ignore_errors=True)
+        if record is not None:
+            os.remove(path)
         log.info("stage %s: running", name)
+        self.upstream_ran = True
         t0 = time.perf_counter()
         record = fn()
         record["seconds"] = round(time.perf_counter() - t0, 1)
+        record["settings"] = key
         with open(path + ".tmp", "w") as f:
             json.dump(record, f, indent=2, ensure_ascii=False)
         os.replace(path + ".tmp", path)
@@ -176,7 +203,7 @@ def build_demo_family(cfg: ConfigDict, root: str) -> dict[str, Any]:
     cfg_path = os.path.join(itok_dir, "tokenizer_config.json")
     with open(cfg_path) as f:
         tcfg = json.load(f)
-    tcfg["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    tcfg["chat_template"] = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
                              "{{ m['content'] }}<|im_end|>\n{% endfor %}"
                              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     with open(cfg_path, "w") as f:
@@ -238,9 +265,17 @@ def calibrate(cfg: ConfigDict, instruct: str, adapted: str, root: str) -> dict[s
     texts = _lines(cfg.target_text, c.prompts)
     model, _ = models.load(instruct, dtype=cfg.model.dtype)
     tok = data_tokenizer(instruct)
-    prompts = [_chat_prompt(instruct, t) for t in texts]
+    # Chat templates often render the BOS text; the BOS id is added once, as `prepare` does.
+    bos_text = tok.vocabulary()[tok.bos_id] if tok.bos_id is not None else None
+
+    def chat(text):
+        p = _chat_prompt(instruct, text)
+        return p[len(bos_text):] if bos_text and p.startswith(bos_text) else p
+
+    prompts = [chat(t) for t in texts]
+    bos = [tok.bos_id] if tok.bos_id is not None else []
     answers = Generator(model, batch_size=8, length_bucket=64).generate(
-        [tok.encode_batch([p])[0] for p in prompts],
+        [bos + ids for ids in tok.encode_batch(prompts)],
         SamplingParams(max_new_tokens=c.max_new_tokens,
                        eos_ids=(tok.eos_id,) if tok.eos_id is not None else ()), tokenizer=tok)
     del model
@@ -251,7 +286,7 @@ def calibrate(cfg: ConfigDict, instruct: str, adapted: str, root: str) -> dict[s
             if answer.text and answer.text.strip():
                 f.write(json.dumps({"prompt": prompt, "target": answer.text},
                                    ensure_ascii=False) + "\n")
-            copy = _chat_prompt(instruct, "Repeat exactly: " + text)
+            copy = chat("Repeat exactly: " + text)
             f.write(json.dumps({"prompt": copy, "target": text}, ensure_ascii=False) + "\n")
     data = _prepare(adapted, [pairs], os.path.join(root, "calibrate", "data"),
                     prompt_field="prompt", target_field="target")
@@ -289,7 +324,9 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
     out = lambda *p: os.path.join(root, *p)  # noqa: E731
     base, instruct = cfg.base, cfg.instruct
     if cfg.demo.enabled:
-        fam = st.run("demo", lambda: build_demo_family(cfg, out("demo")))["outputs"]
+        fam = st.run("demo", lambda: build_demo_family(cfg, out("demo")),
+                     settings=(cfg.demo.to_dict(), cfg.model.to_dict()), reset=(out("demo"),))[
+                         "outputs"]
         base, instruct = fam["base"], fam["instruct"]
     if not base or not instruct:
         raise ValueError("set base and instruct (or demo.enabled)")
@@ -306,10 +343,12 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
         return {"outputs": {"tokenizer": tok_dir, "base_resized": init["output"]},
                 "new_tokens": cfg.vocab.k, "rows_by_origin": init["rows_by_origin"]}
 
-    voc = st.run("vocab", vocab_stage)["outputs"]
+    voc = st.run("vocab", vocab_stage, settings=(base, cfg.target_text, cfg.vocab.to_dict()))[
+        "outputs"]
     data = st.run("prepare", lambda: {"outputs": {
         "train": _prepare(voc["tokenizer"], cfg.target_text, out("data", "train")),
-        "heldout": _prepare(voc["tokenizer"], cfg.heldout_text, out("data", "heldout"))}})["outputs"]
+        "heldout": _prepare(voc["tokenizer"], cfg.heldout_text, out("data", "heldout"))}},
+        settings=(cfg.target_text, cfg.heldout_text), reset=(out("data"),))["outputs"]
 
     def train_stage():
         result = train(_train_cfg(cfg, path=voc["base_resized"], data=data["train"],
@@ -319,14 +358,17 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
         donor = _export(out("train"), out("donor"), voc["tokenizer"])
         return {"outputs": {"donor": donor}, "final_loss": result.get("loss")}
 
-    donor = st.run("train", train_stage)["outputs"]["donor"]
+    donor = st.run("train", train_stage, settings=(cfg.train.to_dict(), cfg.data.to_dict(),
+                                                   cfg.model.to_dict()),
+                   reset=(out("train"),))["outputs"]["donor"]
     prop = st.run("propagate", lambda: (lambda s: {**s, "outputs": {"adapted": s["output"]}})(
         propagate(base, instruct, donor, out("adapted_instruct"), method=cfg.propagate.method,
-                  overwrite=True)))
+                  overwrite=True)), settings=(instruct, cfg.propagate.to_dict()))
 
     adapted = prop["outputs"]["adapted"]
     if cfg.calibrate.enabled:
-        adapted = st.run("calibrate", lambda: calibrate(cfg, instruct, adapted, root))[
+        adapted = st.run("calibrate", lambda: calibrate(cfg, instruct, adapted, root),
+                         settings=cfg.calibrate.to_dict(), reset=(out("calibrate"),))[
             "outputs"]["calibrated"]
 
     def export_stage():
@@ -339,7 +381,8 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
             paths[name] = save(model, out("export", name), tokenizer_from=src, overwrite=True)
         return {"outputs": paths}
 
-    exported = st.run("export", export_stage)["outputs"]
+    exported = st.run("export", export_stage, settings=(cfg.export.to_dict(), donor, adapted))[
+        "outputs"]
 
     def evaluate_stage():
         from lepjax import models
@@ -360,7 +403,7 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
                 "chars_per_token": {k: per[k]["chars_per_token"] for k in ("before", "after")},
                 "bits_per_byte": bpb}
 
-    ev = st.run("evaluate", evaluate_stage)
+    ev = st.run("evaluate", evaluate_stage, settings=(cfg.heldout_text, cfg.eval.to_dict()))
     summary = {"run_dir": root, "chars_per_token": ev["chars_per_token"],
                "bits_per_byte": ev["bits_per_byte"], "lep_residuals": prop["residuals"],
                "exported": exported, "base": base, "instruct": instruct}

@@ -50,6 +50,16 @@ def test_demo_pipeline_end_to_end_and_resumable(demo_run, capsys):
     tok = AutoTokenizer.from_pretrained(inst)
     assert "<|im_start|>" in tok.get_vocab()
     assert tok.apply_chat_template([{"role": "user", "content": "Привет"}], tokenize=False)
+    # Calibration records: the template renders the BOS text; the record holds one BOS id.
+    from lepjax.data import records
+
+    bos = tok.bos_token_id
+    assert tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).startswith(
+        tok.bos_token)
+    ds = records.open_dataset(str(run / "calibrate" / "data"))
+    firsts = [records.decode(blob)["tokens"][:2].tolist()
+              for path in ds.shard_paths for blob in _read_all(path)]
+    assert firsts and all(f[0] == bos and f[1] != bos for f in firsts)
     stamps = {f: (run / "stages" / f).stat().st_mtime for f in os.listdir(run / "stages")}
     assert set(stamps) == {f"{s}.json" for s in
                            ("demo", "vocab", "prepare", "train", "propagate", "calibrate",
@@ -57,6 +67,16 @@ def test_demo_pipeline_end_to_end_and_resumable(demo_run, capsys):
     capsys.readouterr()
     assert main(args) == 0  # a rerun finds every stage complete
     assert {f: (run / "stages" / f).stat().st_mtime for f in stamps} == stamps
+
+
+def _read_all(path):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(path)
+    try:
+        return reader.read_all()
+    finally:
+        reader.close()
 
 
 def _checkpoints(run_dir):
@@ -109,3 +129,14 @@ def test_adapt_killed_during_training_resumes_to_the_uninterrupted_result(demo_r
                                       np.asarray(mb.embed[...]))
         np.testing.assert_array_equal(np.asarray(ma.lm_head_weight()),
                                       np.asarray(mb.lm_head_weight()))
+    # Changed settings: the stage whose settings changed and every later one run again; the
+    # earlier ones are kept.
+    stages = clean / "stages"
+    before = {f: (stages / f).stat().st_mtime for f in os.listdir(stages)}
+    assert main(["adapt", f"--config.run_dir={clean}", *common,
+                 "--config.propagate.method=swap"]) == 0
+    after = {f: (stages / f).stat().st_mtime for f in os.listdir(stages)}
+    rerun = {f[:-5] for f in before if after[f] != before[f]}
+    assert rerun == {"propagate", "export", "evaluate"}
+    c = json.loads((clean / "summary.json").read_text())
+    assert c["lep_residuals"] != b["lep_residuals"]
