@@ -253,7 +253,7 @@ def _args(p):
     add_config_flag(p, "e.g. configs/eval/example.py; keys: see lepjax/eval/cli.py default_config")
 
 
-@verb("eval", "evaluate checkpoints: bits per byte, tokenizer efficiency, prompt tasks, speedup",
+@verb("eval", "compare checkpoints: bits per byte, token efficiency, tasks, speedup",
       default_config=default_config)(_args)
 def run_eval(args, cfg):
     print(json.dumps(run(cfg)))
