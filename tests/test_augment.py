@@ -427,3 +427,41 @@ def test_records_the_teacher_cannot_take_fail_or_are_skipped_by_on_error(
             for r in shards.read_text_shard(str(tmp_path / "skip" / "text"), i)]
     assert kept == [r["question"] for k, r in enumerate(rows) if k != 4]
     assert records.open_dataset(str(tmp_path / "skip" / "tokens")).num_records == 5
+
+
+def test_fiat_infer_keeps_the_teachers_rationales_when_some_inputs_fail(
+        lora_run, fiat_inputs, tiny_dir, teacher, tmp_path):
+    from lepjax.augment.fiat_infer import infer
+
+    class Counting:  # the real local teacher, counting the prompts it is sent
+        def __init__(self):
+            self.sent = 0
+
+        def complete(self, prompts, request, progress=False):
+            self.sent += len(prompts)
+            return teacher.complete(prompts, request, progress)
+
+    rows = list(fiat_inputs[1][:4])
+    path = tmp_path / "in.jsonl"
+
+    def write(long_question):
+        rows[2] = {**rows[2], "question": long_question}
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                        encoding="utf-8")
+
+    write("слово " * 600)  # beyond the teacher's context
+    preds = tmp_path / "preds.jsonl"
+    cfg = config_lib.load(os.path.join(REPO, "configs", "fiat", "infer.py"),
+                          fiat_overrides(tiny_dir, str(path), tmp_path / "unused") + [
+                              ("fiat.infer.student", lora_run[0]),
+                              ("fiat.infer.output", str(preds)), ("fiat.infer.dtype", "float32"),
+                              ("fiat.infer.max_new_tokens", "4")])
+    with pytest.raises(shards.AugmentError, match=r"input 2 \(in.jsonl:3\).*kept in"):
+        infer(cfg, teacher=Counting(), progress=False)
+    cache = tmp_path / "preds.jsonl.rationales.jsonl"
+    assert len(cache.read_text(encoding="utf-8").splitlines()) == 3 and not preds.exists()
+    write("Вопрос 2: короткий?")
+    counting = Counting()
+    infer(cfg, teacher=counting, progress=False)
+    assert counting.sent == 1  # only the input that had failed goes to the teacher again
+    assert len(preds.read_text(encoding="utf-8").splitlines()) == 4 and not cache.exists()

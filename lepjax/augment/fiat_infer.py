@@ -64,9 +64,10 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) ->
         from lepjax.augment.teacher import make_teacher
 
         teacher = make_teacher(cfg.teacher, mesh=mesh, rules=rules)
-    rationales = [r.strip() for r in teacher.complete(
-        [fiat.teacher_prompt(beta, e["input"]) for e in examples], fiat.teacher_request(fc),
-        progress=progress)]
+    out_path = os.path.abspath(ic.output)
+    rationales = _rationales(teacher, [fiat.teacher_prompt(beta, e["input"]) for e in examples],
+                             fiat.teacher_request(fc), out_path + ".rationales.jsonl",
+                             [e["source"] for e in examples], progress)
     teacher = None  # a local teacher's weights can go before the student loads
     teacher_s = time.perf_counter() - start
     model, tok = load_student(ic, fc.tokenizer, mesh, rules)
@@ -78,8 +79,6 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) ->
     gen = Generator(model, mesh=mesh, rules=rules if rules is not None else _rules(),
                     batch_size=ic.batch_size, length_bucket=ic.length_bucket)
     outs = gen.generate(ids, params, tokenizer=tok, progress=progress)
-    out_path = os.path.abspath(ic.output)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
     tmp = out_path + f".tmp{os.getpid()}"
     matches = scored = 0
     with open(tmp, "w", encoding="utf-8") as f:
@@ -92,6 +91,8 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) ->
                 matches += row["prediction"] == e["target"].strip()
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, out_path)
+    if os.path.exists(out_path + ".rationales.jsonl"):
+        os.remove(out_path + ".rationales.jsonl")
     seconds = time.perf_counter() - start
     log.info("fiat-infer: %d inputs in %.1f s (teacher %.1f s; %.2f inputs/s)", len(examples),
              seconds, teacher_s, len(examples) / max(seconds, 1e-9))
@@ -100,6 +101,43 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) ->
     if scored:
         summary["exact_match"] = round(matches / scored, 4)
     return summary
+
+
+def _rationales(teacher: Teacher, prompts: list[str], request: Any, cache: str,
+                sources: list[str], progress: bool) -> list[str]:
+    """The teacher's rationales; those already in `cache` (from a run that failed part-way, for
+    the same prompts) are reused, and when prompts fail the completed ones are saved there."""
+    from lepjax.augment.teacher import TeacherError
+
+    done: dict[int, str] = {}
+    if os.path.isfile(cache):
+        with open(cache, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                i = row["index"]
+                if i < len(prompts) and row["prompt_sha"] == shards.sha(prompts[i]):
+                    done[i] = row["rationale"]
+        log.info("fiat-infer: %d rationales reused from %s", len(done), cache)
+    todo = [i for i in range(len(prompts)) if i not in done]
+    try:
+        got = teacher.complete([prompts[i] for i in todo], request, progress=progress) \
+            if todo else []
+        done.update(zip(todo, got))
+    except TeacherError as e:
+        done.update({todo[k]: text for k, text in e.completed.items()})
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        with open(cache + ".tmp", "w", encoding="utf-8") as f:
+            for i in sorted(done):
+                f.write(json.dumps({"index": i, "prompt_sha": shards.sha(prompts[i]),
+                                    "rationale": done[i]}, ensure_ascii=False) + "\n")
+        os.replace(cache + ".tmp", cache)
+        failed = [todo[k] for k in e.failed]
+        where = ", ".join(f"input {i} ({sources[i]})" for i in failed[:10])
+        raise shards.AugmentError(
+            f"teacher failed on {len(failed)} of {len(prompts)} inputs ({where}): {e}. The "
+            f"{len(done)} rationales it wrote are kept in {cache}; a rerun only asks for the "
+            "rest") from e
+    return [done[i].strip() for i in range(len(prompts))]
 
 
 def _rules():
