@@ -48,23 +48,31 @@ def read_prompts(path: str, field: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
-def run(cfg: ConfigDict) -> dict:
-    """Generate completions for `cfg.prompts` into `cfg.output`; returns a summary."""
-    import time
-
-    from lepjax import config as config_lib
+def load_for_decoding(cfg: ConfigDict):
+    """(model, tokenizer, mesh, rules) of a config with model.*, mesh.* and tokenizer keys; a
+    tokenizer with more tokens than the model has embedding rows is refused."""
     from lepjax import models
     from lepjax.data.tokenizer import load_tokenizer
-    from lepjax.generate import Generator, SamplingParams
 
-    if not cfg.output:
-        raise ValueError("output is not set")
     mesh, rules = models.mesh_from_config(cfg.mesh)
     model = models.from_config(cfg.model, mesh=mesh, rules=rules)
     tok = load_tokenizer(cfg.tokenizer or cfg.model.path)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model only "
                          f"{model.config.vocab_size} embedding rows: they do not belong together")
+    return model, tok, mesh, rules
+
+
+def run(cfg: ConfigDict) -> dict:
+    """Generate completions for `cfg.prompts` into `cfg.output`; returns a summary."""
+    import time
+
+    from lepjax import config as config_lib
+    from lepjax.generate import Generator, SamplingParams
+
+    if not cfg.output:
+        raise ValueError("output is not set")
+    model, tok, mesh, rules = load_for_decoding(cfg)
     texts = read_prompts(cfg.prompts, cfg.prompt_field)
     bos = [tok.bos_id] if cfg.add_bos and tok.bos_id is not None else []
     prompts = [bos + ids for ids in tok.encode_batch(texts)]

@@ -342,15 +342,9 @@ def run(cfg: ConfigDict) -> None:
     import os
     import signal
 
-    from lepjax import models
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax.generate_cli import load_for_decoding
 
-    mesh, rules = models.mesh_from_config(cfg.mesh)
-    model = models.from_config(cfg.model, mesh=mesh, rules=rules)
-    tok = load_tokenizer(cfg.tokenizer or cfg.model.path)
-    if tok.vocab_size > model.config.vocab_size:
-        raise ValueError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the model only "
-                         f"{model.config.vocab_size} embedding rows: they do not belong together")
+    model, tok, mesh, rules = load_for_decoding(cfg)
     name = cfg.model_name or (os.path.basename(os.path.normpath(cfg.model.path))
                               if cfg.model.path else cfg.model.preset)
     server = Server(model, tok, mesh=mesh, rules=rules, host=cfg.host, port=cfg.port,

@@ -1,5 +1,6 @@
 """Bad input fails with a message naming the culprit; configs load, override and dump."""
 
+import glob
 import json
 import os
 import shutil
@@ -158,3 +159,18 @@ def test_help(verb):
     assert "usage: lepjax" in res.stdout
     if verb:
         assert VERBS[verb][0] in res.stdout
+
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
+def test_every_shipped_config_loads_and_is_documented(path):
+    import ast
+
+    from ml_collections import ConfigDict
+
+    with open(path, encoding="utf-8") as f:
+        assert ast.get_docstring(ast.parse(f.read())), f"{path} has no docstring"
+    cfg = config_lib.load(path, [])
+    assert isinstance(cfg, ConfigDict) and len(cfg)

@@ -10,26 +10,18 @@ cosine schedule, 100 warmup steps, one epoch (set train.steps to one epoch of yo
 tokens / 262,144), LEP `conversion`. Reported Russian characters per token: 2.44 -> 3.77 with the
 extended vocabulary. The number of new tokens is not fixed by the paper (check): 10,000 here,
 merges after the original ones, `align` initialisation. Paths are overrides. Keys: lepjax.adapt.
+Every setting but the learning rate is the Llama 3 recipe's (configs/lep/llama3_8b_ru.py).
 """
 
-from lepjax.adapt import default_config
+import importlib.util
+import os
 
 
 def get_config():
-    cfg = default_config()
-    cfg.vocab.k = 10000
-    cfg.vocab.priority = "after"
-    cfg.vocab.aux_vocab_size = 50000
-    cfg.vocab.init_method = "align"
-    cfg.data.seq_len = 1024
-    cfg.data.batch_size = 256
+    spec = importlib.util.spec_from_file_location(
+        "llama3_8b_ru", os.path.join(os.path.dirname(os.path.abspath(__file__)), "llama3_8b_ru.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    cfg = recipe.get_config()
     cfg.train.lr = 1e-4
-    cfg.train.warmup_steps = 100
-    cfg.train.weight_decay = 0.1
-    cfg.train.steps = 10000
-    cfg.model.dtype = "bfloat16"
-    cfg.model.remat_policy = "full"
-    cfg.propagate.method = "conversion"
-    cfg.export.format = "hf"
-    cfg.eval.max_lines = 5000
     return cfg
