@@ -18,7 +18,6 @@ import hashlib
 import logging
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -80,9 +79,7 @@ class TextShardWriter(records.ShardWriter):
 
     def write_json(self, obj: Mapping[str, Any]) -> None:
         """Append one record (UTF-8 JSON with sorted keys)."""
-        blob = json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        self._writer.write(blob)
-        self.records += 1
+        self.write_bytes(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8"))
 
 
 def write_text_shard(directory: str, index: int, rows: Sequence[Mapping[str, Any]]) -> dict:
@@ -128,16 +125,9 @@ def prepare_output(out: str, fingerprint: Mapping[str, Any],
                 f"{out} holds shards of a different augmentation (changed: {', '.join(changed)}); "
                 "use another output_dir, or delete this one to start over")
     else:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"fingerprint": digest, "settings": dict(fingerprint)}, f, indent=2,
-                      sort_keys=True)
-        os.replace(tmp, path)
-    pattern = re.compile(r"data-\d+\.array_record(\.json)?\.tmp\d+")
+        records.write_json_atomic(path, {"fingerprint": digest, "settings": dict(fingerprint)})
     for d in dirs:
-        for name in os.listdir(d):
-            if pattern.fullmatch(name):  # left by a killed run; finished shards are kept
-                os.remove(os.path.join(d, name))
+        records.remove_stale_temp_files(d)  # left by a killed run; finished shards are kept
     return dirs
 
 

@@ -118,7 +118,7 @@ def prepare(cfg: Any, *, progress: bool = True) -> dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     num_proc = cfg.num_proc or os.cpu_count() or 1
     mine = lambda i: i % cfg.num_workers == cfg.worker_index  # noqa: E731
-    _remove_stale_temp_files(out, mine)
+    records.remove_stale_temp_files(out, mine)
 
     bar = tqdm(desc=f"prepare {os.path.basename(out)}", unit="tok", unit_scale=True,
                disable=not progress)
@@ -189,16 +189,6 @@ def prepare(cfg: Any, *, progress: bool = True) -> dict[str, Any]:
         summary["complete"] = True
         summary["num_tokens"] = sum(i["tokens"] for i in infos)
     return summary
-
-
-def _remove_stale_temp_files(out: str, mine) -> None:
-    """Delete temp files a killed run of this worker left behind (finished shards are kept)."""
-    import re
-
-    for name in os.listdir(out):
-        m = re.fullmatch(r"data-(\d+)\.array_record(\.json)?\.tmp\d+", name)
-        if m and mine(int(m.group(1))):
-            os.remove(os.path.join(out, name))
 
 
 def _describe_sources(cfg: Any) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,17 +94,22 @@ class ShardWriter:
         self.max_tokens = 0
 
     def write(self, tokens, loss_mask=None) -> None:
-        self._writer.write(encode(tokens, loss_mask))
+        """Append one token record (and its loss mask, for prompt/target records)."""
+        self.write_bytes(encode(tokens, loss_mask), len(tokens))
+
+    def write_bytes(self, blob: bytes, tokens: int = 0) -> None:
+        """Append one record as it is (e.g. a JSON text record); `tokens` counts toward stats."""
+        self._writer.write(blob)
         self.records += 1
-        self.tokens += len(tokens)
-        self.max_tokens = max(self.max_tokens, len(tokens))
+        self.tokens += tokens
+        self.max_tokens = max(self.max_tokens, tokens)
 
     def close(self) -> dict[str, int]:
         """Finish the shard: data renamed into place first, then its completion sidecar."""
         self._writer.close()
         os.replace(self.tmp, self.path)
         info = {"records": self.records, "tokens": self.tokens, "max_tokens": self.max_tokens}
-        _write_json_atomic(self.path + ".json", info)
+        write_json_atomic(self.path + ".json", info)
         return info
 
 
@@ -121,7 +126,8 @@ def shard_complete(directory: str, index: int) -> dict[str, int] | None:
         return None
 
 
-def _write_json_atomic(path: str, data: Any) -> None:
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write JSON to `path` through a temp file and a rename (never half-written)."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
@@ -130,10 +136,21 @@ def _write_json_atomic(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def remove_stale_temp_files(directory: str, mine: Callable[[int], bool] = lambda i: True) -> None:
+    """Delete shard temp files a killed writer left in `directory` (for the shard indices
+    `mine` accepts); finished shards are kept."""
+    import re
+
+    for name in os.listdir(directory):
+        m = re.fullmatch(r"data-(\d+)\.array_record(\.json)?\.tmp\d+", name)
+        if m and mine(int(m.group(1))):
+            os.remove(os.path.join(directory, name))
+
+
 def write_metadata(directory: str, metadata: dict[str, Any]) -> str:
     """Write metadata.json atomically (it marks the dataset complete)."""
     path = os.path.join(directory, METADATA)
-    _write_json_atomic(path, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **metadata})
+    write_json_atomic(path, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **metadata})
     return path
 
 
