@@ -465,3 +465,24 @@ def test_fiat_infer_keeps_the_teachers_rationales_when_some_inputs_fail(
     infer(cfg, teacher=counting, progress=False)
     assert counting.sent == 1  # only the input that had failed goes to the teacher again
     assert len(preds.read_text(encoding="utf-8").splitlines()) == 4 and not cache.exists()
+
+
+def test_a_rerun_with_another_teacher_is_recorded_and_warned(fiat_run, fiat_inputs, tiny_dir,
+                                                             teacher, tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "t"
+    shutil.copytree(fiat_run, out)
+    with open(out / "augment.json") as f:
+        assert [t["path"] for t in json.load(f)["teachers"]] == [os.path.abspath(tiny_dir)]
+    other = tmp_path / "other_teacher"
+    shutil.copytree(tiny_dir, other)
+    cfg = config_lib.load(FIAT_CONFIG, fiat_overrides(tiny_dir, fiat_inputs[0], out)
+                          + [("teacher.path", str(other))])
+    with caplog.at_level(logging.WARNING, logger="lepjax.augment"):
+        summary = fiat.augment(cfg, teacher=teacher, progress=False)
+    assert summary["shards_skipped"] == 3  # nothing redone: the shards are complete
+    assert any("continues with" in r.getMessage() for r in caplog.records)
+    with open(out / "augment.json") as f:
+        assert [t["path"] for t in json.load(f)["teachers"]] == [os.path.abspath(tiny_dir),
+                                                                  str(other)]

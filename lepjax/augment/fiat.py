@@ -140,7 +140,7 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
         "task_template": fc.task_template, "target_prefix": fc.target_prefix,
         "max_new_tokens": fc.max_new_tokens, "stop": list(fc.stop),
         "records_per_shard": fc.records_per_shard, "tokenizer": tok.fingerprint(),
-        "add_bos": fc.add_bos, "add_eos": fc.add_eos})
+        "add_bos": fc.add_bos, "add_eos": fc.add_eos}, teacher=shards.describe_teacher(cfg))
     n = fc.records_per_shard
     num_shards = math.ceil(len(examples) / n)
     request = teacher_request(fc)

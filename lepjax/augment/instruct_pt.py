@@ -222,7 +222,8 @@ def run(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) -> d
         "synthesizer_tokenizer": budget.tok.fingerprint(), "chains_per_shard": ic.chains_per_shard,
         "seed": ic.seed, "families": list(ic.families), "mixture": mixture,
         "tokenizer": tok.fingerprint(), "add_bos": ic.add_bos, "add_eos": ic.add_eos,
-        "records_per_shard": ic.records_per_shard}, subdirs=("chains", "text", "tokens"))
+        "records_per_shard": ic.records_per_shard, "teacher_add_bos": cfg.teacher.add_bos},
+        subdirs=("chains", "text", "tokens"), teacher=shards.describe_teacher(cfg))
     plan = plan_chains(len(texts), ic.rounds)
     n = ic.chains_per_shard
     num_chain_shards = math.ceil(len(plan) / n)

@@ -108,8 +108,13 @@ def shard_done(out: str, index: int) -> bool:
 
 
 def prepare_output(out: str, fingerprint: Mapping[str, Any],
-                   subdirs: Sequence[str] = ("text", "tokens")) -> list[str]:
-    """Create `subdirs` under `out`, check the run fingerprint, drop stale temp files."""
+                   subdirs: Sequence[str] = ("text", "tokens"),
+                   teacher: Mapping[str, Any] | None = None) -> list[str]:
+    """Create `subdirs` under `out`, check the run fingerprint, drop stale temp files.
+
+    The teacher is not part of the fingerprint (a run may move from a local checkpoint to a
+    server of the same model); `augment.json` lists every teacher that worked on `out`, and a
+    rerun with a new one says so in a warning."""
     dirs = [os.path.join(out, d) for d in subdirs]
     for d in dirs:
         os.makedirs(d, exist_ok=True)
@@ -124,8 +129,15 @@ def prepare_output(out: str, fingerprint: Mapping[str, Any],
             raise AugmentError(
                 f"{out} holds shards of a different augmentation (changed: {', '.join(changed)}); "
                 "use another output_dir, or delete this one to start over")
+        teachers = old.get("teachers", [])
+        if teacher is not None and dict(teacher) not in teachers:
+            if teachers:
+                log.warning("%s was written by teacher %s; this run continues with %s (both are "
+                            "listed in %s)", out, teachers[-1], dict(teacher), FINGERPRINT)
+            records.write_json_atomic(path, {**old, "teachers": teachers + [dict(teacher)]})
     else:
-        records.write_json_atomic(path, {"fingerprint": digest, "settings": dict(fingerprint)})
+        records.write_json_atomic(path, {"fingerprint": digest, "settings": dict(fingerprint),
+                                         "teachers": [dict(teacher)] if teacher else []})
     for d in dirs:
         records.remove_stale_temp_files(d)  # left by a killed run; finished shards are kept
     return dirs
