@@ -109,8 +109,9 @@ class Stages:
             log.info("stage %s: complete, skipped", name)
             return record
         if self.upstream_ran or (record is not None and record.get("settings") != key):
-            why = "an earlier stage ran again" if self.upstream_ran else "its settings changed"
-            log.warning("stage %s: running again (%s)", name, why)
+            if record is not None:
+                why = "an earlier stage ran again" if self.upstream_ran else "its settings changed"
+                log.warning("stage %s: running again (%s)", name, why)
             for p in reset:
                 shutil.rmtree(p, ignore_errors=True)
         if record is not None:
