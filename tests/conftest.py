@@ -78,3 +78,26 @@ def hf_dir(tmp_path):
 
 def random_tokens(batch: int, length: int, vocab: int = 256, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, (batch, length), dtype=np.int64)
+
+
+def _mistral_sp() -> str:
+    import mistral_common
+
+    return os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+
+
+# The real Mistral 7B v0.1 SentencePiece model, shipped in the mistral-common package.
+MISTRAL_SP = _mistral_sp()
+
+
+def tiny_sp_checkpoint(directory, preset: str = "tiny_llama2", seed: int = 0) -> str:
+    """A tiny random HF checkpoint of `preset` (32,000 rows) with the Mistral tokenizer."""
+    import shutil
+
+    from lepjax import models
+
+    model = models.create_model(models.get_preset(preset, vocab_size=32000, dtype="float32"),
+                                seed=seed)
+    path = models.save_hf(model, str(directory))
+    shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
+    return path

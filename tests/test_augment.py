@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-import mistral_common
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -23,10 +22,10 @@ from lepjax import models
 from lepjax.augment import fiat, instruct_format, instruct_pt, shards
 from lepjax.augment.teacher import LocalTeacher, Request, make_teacher, teacher_section
 from lepjax.data import records
+from conftest import MISTRAL_SP, tiny_sp_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-MISTRAL_SP = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
 SP = spm.SentencePieceProcessor(model_file=MISTRAL_SP)
 FIAT_CONFIG = os.path.join(REPO, "configs", "fiat", "augment.py")
 PER_SHARD = 3
@@ -35,11 +34,7 @@ PER_SHARD = 3
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama with the Mistral SentencePiece tokenizer (teacher and student)."""
-    model = models.create_model(models.get_preset("tiny_llama2", vocab_size=32000,
-                                                  dtype="float32"), seed=3)
-    path = models.save_hf(model, str(tmp_path_factory.mktemp("models") / "tiny"))
-    shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
-    return path
+    return tiny_sp_checkpoint(tmp_path_factory.mktemp("models") / "tiny", "tiny_llama2", seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -11,26 +10,21 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import mistral_common
 import pytest
 
 from lepjax import config as config_lib
 from lepjax import models
 from lepjax.augment.openai_client import OpenAITeacher, TeacherError
 from lepjax.augment.teacher import LocalTeacher, Request
+from conftest import tiny_sp_checkpoint
 
-MISTRAL_SP = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
 PROMPTS = ["Привет", "Как дела?", "Москва — столица России и крупнейший город страны.",
            "a b", "Сегодня хорошая погода, и мы идём гулять в парк у реки."]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
-                                                  dtype="float32"), seed=2)
-    path = models.save_hf(model, str(tmp_path_factory.mktemp("serve") / "tiny"))
-    shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
-    return path
+    return tiny_sp_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", "tiny_mistral", seed=2)
 
 
 @pytest.fixture(scope="module")
