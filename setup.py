@@ -47,5 +47,5 @@ setup(
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
-    entry_points={"console_scripts": ["lepjax=lepjax.cli:main"]},
+    entry_points={"console_scripts": ["lepjax=lepjax.cli.main:main"]},
 )

@@ -6,7 +6,8 @@ Commands load one with `--config=configs/x.py` and override any key with
 is an error that names the key and the closest valid keys. The resolved config is written as JSON
 (`resolved_config.json`) next to a command's outputs.
 
-Shared sections (`model`, `mesh`) are defined here once; config files compose them.
+This is the bottom layer: it imports no other lepjax module. Each section's defaults live beside
+the function that reads it (e.g. `lepjax.models.model_section`, `lepjax.parallel.mesh_section`).
 """
 
 from __future__ import annotations
@@ -26,44 +27,6 @@ RESOLVED_CONFIG = "resolved_config.json"
 
 class ConfigError(ValueError):
     """A config file or override that cannot be applied."""
-
-
-def model_section() -> ConfigDict:
-    """The `model` section: which weights, and how to compute with them.
-
-    Keys:
-      path: a Hugging Face or lepjax model directory; empty means random weights from `preset`.
-      preset: a preset name (`lepjax.models.config.PRESETS`) used when `path` is empty.
-      seed: random-initialisation seed (only with `preset`).
-      vocab_size: vocabulary size of a random `preset` model (0 = the preset's own).
-      dtype: compute dtype of activations and matmuls (bfloat16 | float32 | float16).
-      param_dtype: dtype parameters are held in (float32 | bfloat16).
-      attention: attention kernel: auto | xla | cudnn | splash.
-      remat_policy: rematerialisation of scanned layers: none | full | dots | dots_no_batch.
-    """
-    return ConfigDict(dict(
-        path="", preset="tiny_llama3", seed=0, vocab_size=0, dtype="bfloat16", param_dtype="float32",
-        attention="auto", remat_policy="full"))
-
-
-def mesh_section() -> ConfigDict:
-    """The `mesh` section: device mesh sizes (-1 = the rest) and logical-axis rules.
-
-    Keys:
-      data, fsdp, tensor: mesh axis sizes; exactly one may be -1.
-      rules: ((logical_axis, mesh_axes), ...), mapping logical axes to mesh axes;
-        see `lepjax.parallel.DEFAULT_RULES`.
-      dcn_data, dcn_fsdp, dcn_tensor: how many slices / nodes each axis spans over the
-        data-centre network (1 = within one); data, fsdp, tensor are then per slice / node.
-      coordinator_address, num_processes, process_id: multi-process JAX (host:port of process
-        0, process count, this process's id); empty = single process, or the
-        LEPJAX_COORDINATOR_ADDRESS / LEPJAX_NUM_PROCESSES / LEPJAX_PROCESS_ID environment.
-    """
-    from lepjax.parallel import DEFAULT_RULES
-
-    return ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
-                           rules=DEFAULT_RULES,
-                           coordinator_address="", num_processes=0, process_id=-1))
 
 
 def load_file(path: str) -> ConfigDict:

@@ -15,14 +15,36 @@ from typing import Any
 import numpy as np
 
 
+def default_config():
+    """The `lepjax forward` config.
+
+    Keys:
+      model.*: which weights and how to compute (see lepjax.models.model_section). With an empty
+        model.path, a randomly initialised model.preset is used.
+      mesh.*: device mesh and sharding rules (see lepjax.parallel.mesh_section).
+      tokens: explicit token ids (one row, repeated batch_size times); empty = random ids.
+      batch_size, seq_len: shape of the random token ids.
+      seed: seed of the random token ids.
+      output_dir: where to write forward.json and resolved_config.json (empty: print only).
+    """
+    from ml_collections import ConfigDict
+
+    from lepjax.models import model_section
+    from lepjax.parallel import mesh_section
+
+    model = model_section()
+    model.dtype = "float32"
+    return ConfigDict(dict(model=model, mesh=mesh_section(), tokens=(), batch_size=2, seq_len=16,
+                           seed=0, output_dir=""))
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """Run the forward pass described by `cfg` (see `configs/forward.py`); returns the report."""
     import jax
 
-    from lepjax import config as config_lib
-    from lepjax import models
+    from lepjax import models, parallel
 
-    mesh, rules = models.mesh_from_config(cfg.mesh)
+    mesh, rules = parallel.mesh_from_config(cfg.mesh)
     model = models.from_config(cfg.model, mesh=mesh, rules=rules)
     mc = model.config
     if cfg.tokens:
@@ -46,9 +68,8 @@ def run(cfg: Any) -> dict[str, Any]:
         "mesh": dict(mesh.shape),
         "seconds_incl_compile": round(seconds, 3),
     }
-    if cfg.output_dir:
-        config_lib.write_resolved(cfg, cfg.output_dir)
-        if jax.process_index() == 0:
-            with open(os.path.join(cfg.output_dir, "forward.json"), "w") as f:
-                json.dump(report, f, indent=2)
+    if cfg.output_dir and jax.process_index() == 0:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.output_dir, "forward.json"), "w") as f:
+            json.dump(report, f, indent=2)
     return report

@@ -1,4 +1,4 @@
-"""`lepjax generate`: decode prompts from a file with a lepjax or Hugging Face checkpoint."""
+"""Decode prompts from a file with a lepjax or Hugging Face checkpoint (`lepjax generate`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 
 from ml_collections import ConfigDict
 
-from lepjax.cli import add_config_flag, verb
 
 
 def default_config() -> ConfigDict:
@@ -67,7 +66,6 @@ def run(cfg: ConfigDict) -> dict:
     """Generate completions for `cfg.prompts` into `cfg.output`; returns a summary."""
     import time
 
-    from lepjax import config as config_lib
     from lepjax.generate import Generator, SamplingParams
 
     if not cfg.output:
@@ -93,17 +91,6 @@ def run(cfg: ConfigDict) -> dict:
             f.write(json.dumps({"prompt": text, "completion": c.text, "tokens": c.tokens,
                                 "finish_reason": c.finish_reason}, ensure_ascii=False) + "\n")
     os.replace(tmp, cfg.output)
-    config_lib.write_resolved(cfg, out_dir)
     n = sum(len(c.tokens) for c in outs)
     return {"output": os.path.abspath(cfg.output), "prompts": len(outs), "new_tokens": n,
             "tokens_per_s": round(n / max(seconds, 1e-9), 1)}
-
-
-def _args(p):
-    add_config_flag(p, "keys: see lepjax/generate_cli.py default_config")
-
-
-@verb("generate", "decode prompts with a checkpoint (batched, KV cache)",
-      default_config=default_config)(_args)
-def run_generate(args, cfg):
-    print(json.dumps(run(cfg)))

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-import logging
-import os
+from ml_collections import ConfigDict
 
 log = logging.getLogger("lepjax.parallel")
 
@@ -202,6 +202,31 @@ def rules_from_config(rules: Any) -> Rules:
             raise ValueError(f"rule for {name!r} names unknown mesh axes {bad}; valid: {list(MESH_AXES)}")
         out.append((name, target))
     return tuple(out)
+
+
+def mesh_section() -> ConfigDict:
+    """The `mesh` section: device mesh sizes (-1 = the rest) and logical-axis rules.
+
+    Keys:
+      data, fsdp, tensor: mesh axis sizes; exactly one may be -1.
+      rules: ((logical_axis, mesh_axes), ...), mapping logical axes to mesh axes;
+        see `DEFAULT_RULES`.
+      dcn_data, dcn_fsdp, dcn_tensor: how many slices / nodes each axis spans over the
+        data-centre network (1 = within one); data, fsdp, tensor are then per slice / node.
+      coordinator_address, num_processes, process_id: multi-process JAX (host:port of process
+        0, process count, this process's id); empty = single process, or the
+        LEPJAX_COORDINATOR_ADDRESS / LEPJAX_NUM_PROCESSES / LEPJAX_PROCESS_ID environment.
+    """
+    return ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
+                           rules=DEFAULT_RULES,
+                           coordinator_address="", num_processes=0, process_id=-1))
+
+
+def mesh_from_config(section: Any) -> tuple[Mesh, Rules]:
+    """(mesh, rules) from a config `mesh` section (see `mesh_section`)."""
+    shape = {a: section[a] for a in MESH_AXES if a in section}
+    dcn = {a: section.get(f"dcn_{a}", 1) for a in MESH_AXES}
+    return make_mesh(shape, dcn=dcn), rules_from_config(section.get("rules"))
 
 
 def detect_cluster(env: dict[str, str] | None = None) -> str | None:

@@ -26,7 +26,6 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from lepjax.cli import add_config_flag, verb
 
 log = logging.getLogger("lepjax.serve")
 MAX_BODY_BYTES = 64 << 20
@@ -362,14 +361,3 @@ def run(cfg: ConfigDict) -> None:
     finally:
         log.info("stopping; served %s", json.dumps(server.health()))
         server.stop()
-
-
-def _args(p):
-    add_config_flag(p, "keys: see lepjax/serve.py default_config; e.g. --config.model.path=DIR "
-                       "--config.port=0")
-
-
-@verb("serve", "serve a checkpoint on an OpenAI-compatible completions endpoint",
-      default_config=default_config)(_args)
-def run_serve(args, cfg):
-    run(cfg)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from lepjax.cli import main
+from lepjax.cli.main import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(REPO, "tests", "fixtures")
@@ -96,7 +96,7 @@ def test_adapt_killed_during_training_resumes_to_the_uninterrupted_result(demo_r
               *TEXTS, "--config.train.steps=150", "--config.train.save_every=10",
               "--config.export.format=lepjax"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen([sys.executable, "-m", "lepjax", "adapt", f"--config.run_dir={killed}",
+    proc = subprocess.Popen([sys.executable, "-m", "lepjax.cli", "adapt", f"--config.run_dir={killed}",
                              *common], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

@@ -267,7 +267,7 @@ def test_fiat_records_put_the_rationale_in_the_input_and_train_on_the_target(
 def test_fiat_killed_and_rerun_gives_the_same_shards(fiat_run, fiat_inputs, tiny_dir, teacher,
                                                        tmp_path):
     out = tmp_path / "b"
-    cmd = [sys.executable, "-m", "lepjax", "augment", "fiat", f"--config={FIAT_CONFIG}"] + [
+    cmd = [sys.executable, "-m", "lepjax.cli", "augment", "fiat", f"--config={FIAT_CONFIG}"] + [
         f"--config.{k}={v}" for k, v in fiat_overrides(tiny_dir, fiat_inputs[0], out)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = out / "tokens" / (records.shard_name(0) + ".json")
@@ -376,7 +376,7 @@ def test_fiat_infer_uses_teacher_rationale_then_student(lora_run, fiat_run, fiat
 
 
 def test_bad_input_names_file_line_and_key(fiat_run, fiat_inputs, tiny_dir, tmp_path, capsys):
-    from lepjax.cli import main
+    from lepjax.cli.main import main
 
     bad = tmp_path / "bad.jsonl"
     lines = [json.dumps(r, ensure_ascii=False) for r in fiat_inputs[1][:4]]

@@ -232,7 +232,7 @@ def test_hf_tokenizer_json_gives_same_ids_and_fingerprint(tmp_path):
     assert hf.fingerprint() == sp.fingerprint()
 
 
-PREPARE_CMD = [sys.executable, "-m", "lepjax", "prepare", "--no-progress",
+PREPARE_CMD = [sys.executable, "-m", "lepjax.cli", "prepare", "--no-progress",
                f"--config.tokenizer={MISTRAL_SP}", "--config.records_per_shard=20",
                "--config.num_proc=1"]
 

@@ -295,7 +295,7 @@ def test_task_file_errors_name_file_and_line(tmp_path):
 def test_eval_cli_reports_two_checkpoints(tmp_path):
     import matplotlib.image
 
-    from lepjax.cli import main
+    from lepjax.cli.main import main
     from lepjax.data.prepare import default_config, prepare
 
     # Two checkpoints, each with its own tokenizer: an HF directory (a BPE trained on Russian)

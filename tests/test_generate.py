@@ -101,7 +101,7 @@ def test_generate_cli_writes_completions(tmp_path):
     import json
     import shutil
 
-    from lepjax.cli import main
+    from lepjax.cli.main import main
 
     model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
                                                   dtype="float32"), seed=2)

@@ -30,7 +30,7 @@ def data(tmp_path_factory):
 
 
 def train_args(data, run_dir, steps=8):
-    return [sys.executable, "-m", "lepjax", "train", f"--config.data.paths={data}",
+    return [sys.executable, "-m", "lepjax.cli", "train", f"--config.data.paths={data}",
             f"--config.train.run_dir={run_dir}", f"--config.train.steps={steps}",
             "--config.train.save_every=2", "--config.train.log_every=1",
             "--config.train.progress=false", "--config.model.dtype=float32",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lepjax import models
-from lepjax.cli import main
+from lepjax.cli.main import main
 from lepjax.lep import solve
 from lepjax.lep.propagate import propagate
 from lepjax.models import io

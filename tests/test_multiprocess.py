@@ -30,7 +30,7 @@ def losses(run_dir):
 def launch(run_dir, data, stop_at, processes, devices_per_process, steps=6):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
-    args = [sys.executable, "-m", "lepjax", "train", f"--config.data.paths={data}",
+    args = [sys.executable, "-m", "lepjax.cli", "train", f"--config.data.paths={data}",
             f"--config.train.run_dir={run_dir}", f"--config.train.steps={steps}",
             f"--config.train.stop_at_step={stop_at}", "--config.train.save_every=3", "--config.train.log_every=1",
             "--config.train.progress=false", "--config.train.async_checkpointing=false",

@@ -8,7 +8,7 @@ import pytest
 from conftest import hf_logits, random_tokens
 
 from lepjax import models
-from lepjax.cli import main
+from lepjax.cli.main import main
 from lepjax.models.safetensors_io import open_tensors
 
 

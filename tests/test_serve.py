@@ -12,8 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lepjax import config as config_lib
-from lepjax import models
+from lepjax import models, parallel
 from lepjax.augment.openai_client import OpenAITeacher, TeacherError
 from lepjax.augment.teacher import LocalTeacher, Request
 from conftest import tiny_sp_checkpoint
@@ -29,10 +28,10 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """`python -m lepjax serve` on a free port; yields its base URL; killed at the end."""
+    """`python -m lepjax.cli serve` on a free port; yields its base URL; killed at the end."""
     logs = tmp_path_factory.mktemp("serve_logs")
     out, err = open(logs / "stdout", "w+"), open(logs / "stderr", "w+")
-    cmd = [sys.executable, "-m", "lepjax", "serve", f"--config.model.path={checkpoint}",
+    cmd = [sys.executable, "-m", "lepjax.cli", "serve", f"--config.model.path={checkpoint}",
            "--config.model.dtype=float32", "--config.port=0", "--config.batch_size=4",
            "--config.length_bucket=16", "--config.max_wait_ms=50", "--config.model_name=tiny"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # with conftest's 8 CPU devices, like `local`
@@ -60,7 +59,7 @@ def server(checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(checkpoint):
     """The `local` teacher on the same checkpoint, decoding the way the server does."""
-    mesh, rules = models.mesh_from_config(config_lib.mesh_section())
+    mesh, rules = parallel.mesh_from_config(parallel.mesh_section())
     return LocalTeacher(checkpoint, dtype="float32", batch_size=4, length_bucket=16, mesh=mesh,
                         rules=rules)
 
@@ -231,7 +230,7 @@ def test_config_errors_name_the_key(monkeypatch):
 
 
 def test_serve_help(capsys):
-    from lepjax.cli import main
+    from lepjax.cli.main import main
 
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])

@@ -65,7 +65,7 @@ def test_loss_falls(ru_data, tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in events)
 
 
-TRAIN_CMD = [sys.executable, "-m", "lepjax", "train"]
+TRAIN_CMD = [sys.executable, "-m", "lepjax.cli", "train"]
 
 
 def cli_args(data, run_dir, steps, save_every):

@@ -232,7 +232,7 @@ def test_vocab_mismatch_is_a_clear_error(mistral_setup, tmp_path):
 def test_cli_init_embeddings(mistral_setup, tmp_path):
     import json
 
-    import lepjax.cli as cli
+    import lepjax.cli.main as cli
     import lepjax.vocab.cli  # noqa: F401
 
     out = tmp_path / "model"

@@ -195,7 +195,7 @@ def test_bad_input(mistral, tmp_path):
 def test_cli_extend_and_report(tmp_path, capsys):
     import json
 
-    import lepjax.cli as cli
+    import lepjax.cli.main as cli
     import lepjax.vocab.cli  # noqa: F401  (registers the verb)
 
     with pytest.raises(SystemExit) as e:

@@ -5,8 +5,8 @@
     lepjax train --config=configs/train/tiny_ru.py --config.data.paths=runs/data/ru \
         --config.train.run_dir=runs/tiny_ru
 
-Sections and keys: see lepjax.config.model_section / mesh_section, lepjax.data.loader.data_section,
-lepjax.train.optim.optim_section and lepjax.train.loop.train_section.
+Sections and keys: see lepjax.models.model_section, lepjax.parallel.mesh_section,
+lepjax.data.loader.data_section, lepjax.train.optim.optim_section and lepjax.train.loop.train_section.
 """
 
 from lepjax.train.loop import default_config

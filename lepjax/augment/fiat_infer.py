@@ -49,7 +49,7 @@ def load_student(section: Any, fallback_tokenizer: str = "", mesh=None, rules=No
 
 def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) -> dict[str, Any]:
     """Rationales from the teacher, answers from the student; writes the predictions JSONL."""
-    from lepjax import models
+    from lepjax import models, parallel
     from lepjax.generate import Generator, SamplingParams
 
     fc, ic = cfg.fiat, cfg.fiat.infer
@@ -58,7 +58,7 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) ->
     beta = fiat.load_reasoning_prompt(fc.reasoning_prompt)
     fiat.student_prompt(fc, "x", "r")
     examples = fiat.read_examples(fc, need_target=False)
-    mesh, rules = models.mesh_from_config(cfg.mesh) if "mesh" in cfg else (None, None)
+    mesh, rules = parallel.mesh_from_config(cfg.mesh) if "mesh" in cfg else (None, None)
     start = time.perf_counter()
     if teacher is None:
         from lepjax.augment.teacher import make_teacher

@@ -5,7 +5,9 @@ request that times out, cannot connect, or gets HTTP 429 / 5xx is retried after 
 doubling each time, up to `max_retries` times; any other 4xx fails that prompt at once with the
 server's message. When prompts fail, `complete` raises `TeacherError` *after* all others finished:
 its `completed` dict (prompt index -> text) holds every completion that did succeed, so callers
-can keep them and retry only `failed`.
+can keep them and retry only `failed`. Special prompt parts (`BOS`, `EOS`) are sent as the strings
+of `special_text` (the synthesizer's tokenizer's `<s>` / `</s>`), which the server's tokenizer
+maps back to the special ids.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any
 
-from lepjax.augment.teacher import Request, TeacherError  # noqa: F401  (re-exported)
+from lepjax.augment.teacher_api import OnResult, Prompt, Request, TeacherError, render
 
 log = logging.getLogger("lepjax.augment.openai_client")
 
@@ -70,7 +71,7 @@ class OpenAITeacher:
 
     def __init__(self, url: str, *, model: str = "", api_key_env: str = "", concurrency: int = 8,
                  timeout_s: float = 120.0, max_retries: int = 4, backoff_s: float = 1.0,
-                 give_up_after: int | None = None):
+                 give_up_after: int | None = None, special_text: Mapping[str, str] | None = None):
         if not url:
             raise ValueError("teacher.url is not set (the server's base URL, e.g. "
                              "http://127.0.0.1:8000/v1)")
@@ -88,19 +89,13 @@ class OpenAITeacher:
                              f"{backoff_s}")
         self.concurrency, self.timeout_s = concurrency, timeout_s
         self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.special_text = dict(special_text or {})
         # Stop sending once this many prompts in a row failed (a dead server, a bad key).
         self.give_up_after = give_up_after or max(8, 2 * concurrency)
 
-    @classmethod
-    def from_config(cls, section: Any) -> OpenAITeacher:
-        """The teacher a `teacher` config section (backend openai) describes."""
-        return cls(section.url, model=section.model, api_key_env=section.api_key_env,
-                   concurrency=section.concurrency, timeout_s=section.timeout_s,
-                   max_retries=section.max_retries, backoff_s=section.backoff_s)
-
-    def body(self, prompt: str, request: Request) -> dict:
-        """The JSON request body for one prompt."""
-        body = {"model": self.model, "prompt": prompt, "max_tokens": request.max_new_tokens,
+    def body(self, prompt: Prompt, request: Request) -> dict:
+        """The JSON request body for one prompt (special parts rendered as `special_text`)."""
+        body = {"model": self.model, "prompt": render(prompt, self.special_text), "max_tokens": request.max_new_tokens,
                 "temperature": request.temperature, "top_p": request.top_p,
                 "seed": request.seed, "n": 1}
         if request.stop:
@@ -137,7 +132,7 @@ class OpenAITeacher:
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise _Fatal(f"malformed response ({e}): {raw[:300]!r}") from None
 
-    def _complete_one(self, prompt: str, request: Request) -> str:
+    def _complete_one(self, prompt: Prompt, request: Request) -> str:
         body = self.body(prompt, request)
         for attempt in range(self.max_retries + 1):
             try:
@@ -151,10 +146,10 @@ class OpenAITeacher:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def complete(self, prompts: Sequence[str], request: Request = Request(),
-                 progress: bool = False) -> list[str]:
-        """One completion per prompt, in order; `TeacherError` (with the completed ones) if any
-        prompt failed."""
+    def complete(self, prompts: Sequence[Prompt], request: Request = Request(),
+                 progress: bool = False, on_result: OnResult | None = None) -> list[str]:
+        """One completion per prompt, in order; `on_result(i, text)` as each arrives;
+        `TeacherError` (with the completed ones) if any prompt failed."""
         from tqdm import tqdm
 
         completed: dict[int, str] = {}
@@ -188,6 +183,9 @@ class OpenAITeacher:
                     completed[i] = future.result()
                 except _Fatal as e:
                     errors[i] = str(e)
+                else:
+                    if on_result is not None:
+                        on_result(i, completed[i])
                 bar.update(1)
                 if errors:
                     bar.set_postfix(failed=len(errors))
@@ -201,5 +199,5 @@ class OpenAITeacher:
                 f"{len(failed)} of {len(prompts)} prompts failed against {self.url} "
                 f"(indices {shown}); last error: {last_error[0] or errors[failed[-1]]}",
                 completed=completed, failed=failed, url=self.url,
-                last_error=last_error[0] or errors[failed[-1]])
+                last_error=last_error[0] or errors[failed[-1]], errors=errors)
         return [completed[i] for i in range(len(prompts))]

@@ -172,46 +172,29 @@ def finish(out: str, num_shards: int, *, text_kind: str, token_kind: str, tok: T
     return True
 
 
-def teacher_errors() -> tuple[type[BaseException], ...]:
-    """Exception types a teacher raises when prompts fail."""
-    from lepjax.augment.teacher import TeacherError
-
-    return (TeacherError,)
-
-
-def complete_shard(teacher: Any, prompts: Sequence[str], request: Any, index: int,
-                   names: Sequence[str], skip_failed: bool = False) -> list[str | None]:
+def complete_shard(teacher: Any, prompts: Sequence[Any], request: Any, index: int,
+                   names: Sequence[str], skip_failed: bool = False,
+                   errors: dict[int, str] | None = None,
+                   on_result: Any = None) -> list[str | None]:
     """`teacher.complete(prompts)` for shard `index`; a failure names the shard and the failed
     prompts (`names[i]` describes prompt i, e.g. "record 12 (train.jsonl:13)"). With
-    `skip_failed`, failed prompts come back as None (logged) and the others are kept."""
+    `skip_failed`, failed prompts come back as None (logged; their messages go to `errors`) and the
+    others are kept; a shard where every prompt failed raises either way (the teacher is likely
+    down)."""
+    from lepjax.augment.teacher_api import TeacherError
+
     try:
-        return teacher.complete(prompts, request)
-    except teacher_errors() as e:
-        failed = list(getattr(e, "failed", None) or range(len(prompts)))
+        return teacher.complete(prompts, request, on_result=on_result)
+    except TeacherError as e:
+        failed = list(e.failed or range(len(prompts)))
         where = ", ".join(names[i] for i in failed[:10]) + (", ..." if len(failed) > 10 else "")
-        completed = getattr(e, "completed", None) or {}
-        if skip_failed and completed:
-            log.warning("shard %d: skipping %d records the teacher failed on (%s): %s", index,
-                        len(failed), where, getattr(e, "last_error", e))
-            return [completed.get(i) for i in range(len(prompts))]
+        if skip_failed and e.completed:
+            log.warning("shard %d: skipping %d prompts the teacher failed on (%s): %s", index,
+                        len(failed), where, e.last_error)
+            if errors is not None:
+                errors.update({i: e.errors.get(i, e.last_error) for i in failed})
+            return [e.completed.get(i) for i in range(len(prompts))]
         raise AugmentError(
             f"teacher failed on shard {index} ({len(failed)} of {len(prompts)} prompts: {where}): "
             f"{e}. Shards before {index} are complete and kept; rerun to resume from shard "
             f"{index}") from e
-
-
-def load_teacher(cfg: Any) -> Any:
-    """The teacher `cfg.teacher` describes, on the mesh of `cfg.mesh` (when present)."""
-    from lepjax import models
-    from lepjax.augment.teacher import make_teacher
-
-    mesh, rules = models.mesh_from_config(cfg.mesh) if "mesh" in cfg else (None, None)
-    return make_teacher(cfg.teacher, mesh=mesh, rules=rules)
-
-
-def describe_teacher(cfg: Any) -> dict[str, Any]:
-    """What metadata.json records about the teacher."""
-    t = cfg.teacher
-    if t.backend == "local":
-        return {"backend": "local", "path": os.path.abspath(t.path) if t.path else ""}
-    return {"backend": t.backend, "url": t.url, "model": t.model}

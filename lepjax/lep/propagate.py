@@ -171,3 +171,25 @@ def propagate(base: str, instruct: str, donor: str, output_dir: str, *, method: 
             "added_from_instruct": [p for _, p in added], "kept_from_instruct": len(kept),
             "rows": rows_out, "tied": ci.tie_word_embeddings,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def default_config():
+    """The `lepjax propagate` config.
+
+    Keys:
+      base: the original base model B (HF or lepjax directory, with its tokenizer).
+      instruct: its instruction-tuned sibling I.
+      donor: D, B after vocabulary adaptation and embedding training, with the new tokenizer.
+      base_tokenizer, instruct_tokenizer, donor_tokenizer: tokenizers when not in the model dirs.
+      method: conversion (default) | overlap | swap.
+      output_dir: the adapted instruct model.
+      output_format: lepjax | hf.
+      pad_multiple: embedding rows padded to a multiple of this.
+      overwrite: replace an existing output_dir.
+    """
+    from ml_collections import ConfigDict
+
+    return ConfigDict(dict(base="", instruct="", donor="", base_tokenizer="",
+                           instruct_tokenizer="", donor_tokenizer="", method="conversion",
+                           output_dir="", output_format="lepjax", pad_multiple=128,
+                           overwrite=False))

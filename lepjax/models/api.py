@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
+from ml_collections import ConfigDict
 
 from lepjax import parallel
 from lepjax.models import hf, io
@@ -17,6 +18,24 @@ from lepjax.models.config import ModelConfig, get_preset
 from lepjax.models.transformer import Decoder
 
 COMPUTE_KEYS = ("dtype", "param_dtype", "attention", "remat_policy")
+
+
+def model_section() -> ConfigDict:
+    """The `model` section: which weights, and how to compute with them (see `from_config`).
+
+    Keys:
+      path: a Hugging Face or lepjax model directory; empty means random weights from `preset`.
+      preset: a preset name (`lepjax.models.config.PRESETS`) used when `path` is empty.
+      seed: random-initialisation seed (only with `preset`).
+      vocab_size: vocabulary size of a random `preset` model (0 = the preset's own).
+      dtype: compute dtype of activations and matmuls (bfloat16 | float32 | float16).
+      param_dtype: dtype parameters are held in (float32 | bfloat16).
+      attention: attention kernel: auto | xla | cudnn | splash.
+      remat_policy: rematerialisation of scanned layers: none | full | dots | dots_no_batch.
+    """
+    return ConfigDict(dict(
+        path="", preset="tiny_llama3", seed=0, vocab_size=0, dtype="bfloat16", param_dtype="float32",
+        attention="auto", remat_policy="full"))
 
 
 def detect_format(path: str) -> str:
@@ -47,7 +66,7 @@ def load(
 
 def from_config(section: Any, mesh: Mesh | None = None,
                 rules: parallel.Rules = parallel.DEFAULT_RULES) -> Decoder:
-    """A model from a config `model` section (see `lepjax.config.model_section`)."""
+    """A model from a config `model` section (see `model_section`)."""
     compute = {k: section[k] for k in COMPUTE_KEYS if k in section}
     if section.get("path"):
         model, _ = load(section.path, mesh=mesh, rules=rules, **compute)
@@ -56,13 +75,6 @@ def from_config(section: Any, mesh: Mesh | None = None,
         compute["vocab_size"] = section.vocab_size
     config: ModelConfig = get_preset(section.preset, **compute)
     return io.create_model(config, mesh=mesh, rules=rules, seed=section.get("seed", 0))
-
-
-def mesh_from_config(section: Any) -> tuple[Mesh, parallel.Rules]:
-    """(mesh, rules) from a config `mesh` section (see `lepjax.config.mesh_section`)."""
-    shape = {a: section[a] for a in parallel.MESH_AXES if a in section}
-    dcn = {a: section.get(f"dcn_{a}", 1) for a in parallel.MESH_AXES}
-    return parallel.make_mesh(shape, dcn=dcn), parallel.rules_from_config(section.get("rules"))
 
 
 def make_forward(

@@ -1,19 +1,83 @@
-"""Model configuration: one frozen dataclass for every Llama/Mistral variant, presets, HF config.json.
+"""Model configuration: the architecture of every Llama/Mistral variant, presets, HF config.json,
+and the compute settings a command runs a model with.
 
 Llama 2, Llama 3 / 3.1 / 3.2 and Mistral 7B v0.1 are configurations of one decoder: they differ in
 vocabulary, grouped-query attention, rope base and scaling, sliding-window attention and whether
-the LM head is tied to the input embeddings.
+the LM head is tied to the input embeddings. `ModelConfig` holds that architecture and is what a
+model directory stores. `Compute` (dtype, parameter dtype, attention kernel, remat policy) changes
+how the function is computed, not which function: it is a run option of the command that runs the
+model, never stored with the weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from typing import Any
 
+from lepjax.config import ConfigError
+
+DTYPES = ("bfloat16", "float32", "float16")
+PARAM_DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+COMPUTE_CHOICES: dict[str, tuple[str, ...]] = {
+    "dtype": DTYPES, "param_dtype": PARAM_DTYPES, "attention": ATTENTION_IMPLS,
+    "remat_policy": REMAT_POLICIES,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """How a model computes: run options of the command, not properties of the model.
+
+    dtype: activations and matmuls (softmax and norms accumulate in float32).
+    param_dtype: the dtype parameters are held in on the devices.
+    attention: kernel: auto (cudnn on GPU with a 16-bit dtype, splash on TPU, xla otherwise) |
+      xla | cudnn | splash.
+    remat_policy: rematerialisation of the scanned layers: none | full | dots | dots_no_batch.
+    """
+
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    attention: str = "auto"
+    remat_policy: str = "full"
+
+    def __post_init__(self):
+        for key, choices in COMPUTE_CHOICES.items():
+            check_choice(f"model.{key}", getattr(self, key), choices)
+
+    def replace(self, **changes: Any) -> "Compute":
+        """A copy with some settings changed (validated)."""
+        unknown = sorted(set(changes) - set(COMPUTE_CHOICES))
+        if unknown:
+            raise ValueError(f"{unknown} are not compute settings; compute settings are "
+                             f"{sorted(COMPUTE_CHOICES)}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_section(cls, section: Any) -> "Compute":
+        """The compute settings of a config `model` section (keys it lacks keep their default)."""
+        return cls(**{k: section[k] for k in COMPUTE_CHOICES if k in section})
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    """A `ConfigError` naming `key` and the closest valid values unless `value` is one of them."""
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), choices, n=2, cutoff=0.3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ConfigError(f"{key}={value!r} is not valid{hint} (choices: {', '.join(choices)})")
+
+
+def validate_compute(section: Any) -> Compute:
+    """Check the compute settings of a config `model` section without reading any model.
+
+    Raises `ConfigError` naming the key and the closest valid values; returns the `Compute`.
+    """
+    return Compute.from_section(section)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +92,10 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture plus compute settings of a decoder-only Llama/Mistral model.
+    """The architecture of a decoder-only Llama/Mistral model (what a model directory stores).
 
-    Architecture fields mirror Hugging Face's config.json. Compute fields (`dtype`, `param_dtype`,
-    `attention`, `remat_policy`) do not change the function the model computes, only how.
+    Fields mirror Hugging Face's config.json. How the model computes (dtype, attention kernel,
+    remat) is a `Compute`, chosen by the command that runs it.
     """
 
     vocab_size: int
@@ -54,21 +118,12 @@ class ModelConfig:
     initializer_range: float = 0.02
     # The dtype the weights had on disk when imported (used as the default export dtype).
     checkpoint_dtype: str = "float32"
-    # Compute settings.
-    dtype: str = "bfloat16"  # activations and matmuls; softmax and norms accumulate in float32
-    param_dtype: str = "float32"
-    attention: str = "auto"  # auto | xla | cudnn | splash
-    remat_policy: str = "full"  # none | full | dots | dots_no_batch
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
-        if self.attention not in ATTENTION_IMPLS:
-            raise ValueError(f"attention={self.attention!r}; expected one of {ATTENTION_IMPLS}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         if self.architecture not in ("llama", "mistral"):
             raise ValueError(f"architecture={self.architecture!r}; expected 'llama' or 'mistral'")
         if isinstance(self.rope_scaling, dict):
@@ -78,6 +133,7 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some fields changed (validated like the original)."""
+        _refuse_compute(changes)
         return dataclasses.replace(self, **changes)
 
     @property
@@ -97,7 +153,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        """Inverse of `to_dict`; unknown keys are an error naming them.
+
+        Files written before compute settings became run options (lepjax.json format 1, a
+        training run's run_model.json) also hold dtype / param_dtype / attention / remat_policy:
+        those are dropped, so a model trained with `attention=splash` runs with the kernel the
+        loading command picks.
+        """
+        d = {k: v for k, v in d.items() if k not in COMPUTE_CHOICES}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -168,6 +231,7 @@ class ModelConfig:
             initializer_range=hf.get("initializer_range", 0.02),
             checkpoint_dtype=str(dtype),
         )
+        _refuse_compute(overrides)
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -261,11 +325,17 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def get_preset(name: str, **overrides: Any) -> ModelConfig:
-    """A preset by name (see `PRESETS`), with optional field overrides."""
-    if name not in PRESETS:
-        import difflib
+def _refuse_compute(fields: dict[str, Any]) -> None:
+    wrong = sorted(set(fields) & set(COMPUTE_CHOICES))
+    if wrong:
+        raise ValueError(f"{wrong} are compute settings, not architecture: pass them to the "
+                         "function that builds or loads the model (e.g. models.load(path, "
+                         "dtype='float32'), models.create_model(config, attention='xla'))")
 
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    """A preset by name (see `PRESETS`), with optional architecture overrides."""
+    if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=3)
         raise ValueError(f"unknown model preset {name!r}; closest: {close}; all: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

@@ -81,7 +81,7 @@ def train_section() -> ConfigDict:
 
 def default_config() -> ConfigDict:
     """A complete `lepjax train` config (model, mesh, data, optim, train sections)."""
-    return ConfigDict(dict(model=config_lib.model_section(), mesh=config_lib.mesh_section(),
+    return ConfigDict(dict(model=models.model_section(), mesh=parallel.mesh_section(),
                            data=data_section(), optim=optim_section(), train=train_section()))
 
 
@@ -196,7 +196,7 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     run_dir = os.path.abspath(tc.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     config_lib.write_resolved(cfg, run_dir)
-    mesh, rules = models.mesh_from_config(cfg.mesh)
+    mesh, rules = parallel.mesh_from_config(cfg.mesh)
 
     model = models.from_config(cfg.model, mesh=mesh, rules=rules)
     mc = model.config

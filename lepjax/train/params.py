@@ -16,6 +16,7 @@ or a comma-separated list of path prefixes, with `layers[i,j,...]` for layer sli
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lepjax.config import ConfigError
 
 PRESETS = {
     "all": "*",
@@ -34,28 +37,68 @@ PRESETS = {
 Selection = dict[str, tuple[int, ...] | None]
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a/b": leaf}."""
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "/"))
-        else:
-            out[key] = v
+def flatten_tree(tree: Any) -> tuple[dict[str, Any], Any]:
+    """({"layers/attn/q": leaf, ...}, treedef) of a pytree keyed by names (an `nnx.State`, nested
+    dicts, a pure parameter dict). The one place parameter paths are spelt; `unflatten_tree`
+    inverts it. Dict keys of the tree form the path; other path entries (a Variable's value
+    attribute) are skipped."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    flat = {"/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)): leaf
+            for path, leaf in leaves}
+    if len(flat) != len(leaves):
+        raise ValueError("two leaves of the tree share a parameter path")
+    return flat, treedef
+
+
+def unflatten_tree(treedef: Any, flat: Mapping[str, Any], paths: list[str]) -> Any:
+    """The tree `flatten_tree` flattened to `paths` (in its order), from `flat` by path."""
+    return jax.tree.unflatten(treedef, [flat[p] for p in paths])
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    """{"a/b": leaf} of a nested parameter tree."""
+    return flatten_tree(tree)[0]
+
+
+def _items(spec: str) -> list[tuple[str, str, str | None]]:
+    """(item, path prefix, layer list or None) of a comma-separated `train.trainable` list."""
+    out = []
+    for item in _split(spec):
+        m = re.fullmatch(r"([\w/]+)(?:\[([-\d,\s]+)\])?", item)
+        if not m:
+            raise ConfigError(f"train.trainable: cannot parse item {item!r}; expected a preset "
+                              f"({', '.join(PRESETS)}) or items like 'embed', 'layers/attn', "
+                              "'layers[0,-1]'")
+        prefix, layers = m.group(1), m.group(2)
+        if layers is not None and not prefix.startswith("layers"):
+            raise ConfigError(f"train.trainable: layer indices only apply to layers/..., not "
+                              f"{item!r}")
+        out.append((item, prefix, layers))
     return out
 
 
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """{"a/b": leaf} -> nested dict."""
-    out: dict[str, Any] = {}
-    for key, v in flat.items():
-        node = out
-        parts = key.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return out
+def check_spec(spec: str, paths: list[str]) -> None:
+    """Check a `train.trainable` spec's grammar and names against parameter `paths`, without
+    layer counts (what can be checked before a model exists); ConfigError with close names."""
+    spec = PRESETS.get(spec, spec)
+    if spec.strip() in ("*", ""):
+        return
+    for item, prefix, _ in _items(spec):
+        if prefix != "lm_head" and not _matching(prefix, paths):
+            raise _no_match(item, prefix, paths)
+
+
+def _matching(prefix: str, paths: list[str]) -> list[str]:
+    return [p for p in paths if p == prefix or p.startswith(prefix + "/")]
+
+
+def _no_match(item: str, prefix: str, paths: list[str]) -> ConfigError:
+    names = sorted({"/".join(p.split("/")[:i]) for p in paths
+                    for i in range(1, p.count("/") + 2)})
+    close = difflib.get_close_matches(prefix, names + list(PRESETS), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"train.trainable: item {item!r} matches no parameter{hint} (presets: "
+                       f"{', '.join(PRESETS)}; parameters: {', '.join(paths)})")
 
 
 def select(spec: str, paths: list[str], num_layers: int) -> Selection:
@@ -66,24 +109,19 @@ def select(spec: str, paths: list[str], num_layers: int) -> Selection:
     if not spec.strip():
         return {}
     selection: Selection = {}
-    for item in _split(spec):
-        m = re.fullmatch(r"([\w/]+)(?:\[([-\d,\s]+)\])?", item)
-        if not m:
-            raise ValueError(f"cannot parse trainable item {item!r}")
-        prefix, layers = m.group(1), m.group(2)
-        matched = [p for p in paths if p == prefix or p.startswith(prefix + "/")]
+    for item, prefix, layers in _items(spec):
+        matched = _matching(prefix, paths)
         if not matched:
             if prefix == "lm_head":  # tied embeddings: the LM head is the embedding
                 continue
-            raise ValueError(f"trainable item {item!r} matches no parameter; parameters: {paths}")
+            raise _no_match(item, prefix, paths)
         idx = None
         if layers is not None:
-            if not prefix.startswith("layers"):
-                raise ValueError(f"layer indices only apply to layers/..., not {prefix!r}")
             raw = [int(x) for x in layers.split(",") if x.strip()]
             bad = [i for i in raw if not -num_layers <= i < num_layers]
             if bad:
-                raise ValueError(f"layer indices {bad} out of range for {num_layers} layers")
+                raise ConfigError(f"train.trainable: layer indices {bad} in {item!r} are out of "
+                                  f"range for a model of {num_layers} layers")
             idx = tuple(sorted({i % num_layers for i in raw}))
         for p in matched:
             selection[p] = idx
@@ -132,4 +170,5 @@ def merge(trainable: Mapping[str, jax.Array], frozen: Mapping[str, jax.Array],
 
 
 def count(flat: Mapping[str, Any]) -> int:
+    """Number of elements of the arrays (or shape structs) in `flat`."""
     return int(sum(np.prod(v.shape) for v in flat.values()))

@@ -5,7 +5,8 @@ number of trained tokens of the whole (global) batch, plus optional z-loss
 (`z_loss * logsumexp²`) and an optional multi-token-prediction head (an extra [embed, vocab]
 head predicting token t+2 from the same hidden state; its loss is added). The LM head and the
 loss run in chunks of `loss_chunk` positions under `jax.checkpoint`, so float32 logits of the
-whole batch never exist at once (a 128K vocabulary would need 64 GB for 64 × 2,048 tokens).
+whole batch never exist at once (`lepjax.models.loss.token_scores`, shared with scoring); head
+rows at or beyond `vocab_limit` (embedding padding) get -inf logits.
 
 Gradient accumulation splits the global batch into `micro_batches` and sums gradients of the
 summed loss over a `jax.lax.scan`, then divides by the total token count: the result equals the
@@ -14,7 +15,6 @@ full-batch gradient up to summation order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -23,38 +23,17 @@ import optax
 from flax import nnx
 
 from lepjax import parallel
+from lepjax.models.loss import TokenScores, token_scores
 from lepjax.train import lora as lora_lib
 from lepjax.train import params as P
 
 
-def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array,
-                          mask: jax.Array, chunk: int, z_loss: float = 0.0):
-    """(sum of CE, sum of z-loss terms, correct predictions) over masked positions.
-
-    hidden [b, t, d] (compute dtype), head [d, v], targets / mask [b, t]. Logits are formed in
-    float32 `chunk` positions at a time and rematerialised in the backward pass.
-    """
-    b, t, d = hidden.shape
-    chunk = chunk if chunk and t % chunk == 0 else t
-    n = t // chunk
-
-    def one(carry, xs):
-        h, y, m = xs
-        logits = jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype),
-                            preferred_element_type=jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-        ce = ((lse - picked) * m).sum()
-        z = ((lse ** 2) * m).sum()
-        correct = ((jnp.argmax(logits, -1) == y) * m).sum()
-        return (carry[0] + ce, carry[1] + z, carry[2] + correct), None
-
-    one = jax.checkpoint(one, prevent_cse=False)
-    split = lambda x: jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)  # noqa: E731
-    zero = jnp.zeros((), jnp.float32)
-    (ce, z, correct), _ = jax.lax.scan(one, (zero, zero, zero),
-                                       (split(hidden), split(targets), split(mask)))
-    return ce, z * z_loss, correct
+def masked_sums(scores: TokenScores, mask: jax.Array, z_loss: float = 0.0):
+    """(sum of cross-entropy, weighted sum of z-loss terms, correct predictions) over `mask`."""
+    ce = (-scores.logprob * mask).sum()
+    z = (scores.logsumexp ** 2 * mask).sum() * z_loss
+    correct = (scores.greedy * mask).sum()
+    return ce, z, correct
 
 
 def second_targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -66,12 +45,16 @@ def second_targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
 
 
 class StepBuilder:
-    """Builds the pure loss / train / eval functions for one model, selection and optimiser."""
+    """Builds the pure loss / train / eval functions for one model, selection and optimiser.
+
+    `vocab_limit`: LM-head rows at or beyond it are embedding padding (excluded from the loss).
+    """
 
     def __init__(self, graphdef, treedef, paths: list[str], selection: P.Selection,
                  tx: optax.GradientTransformation | None, schedule, train_cfg: Any,
-                 mesh=None, rules=parallel.DEFAULT_RULES, lora=None, num_layers: int = 0):
-        self.lora, self.num_layers = lora, num_layers
+                 mesh=None, rules=parallel.DEFAULT_RULES, lora=None, num_layers: int = 0,
+                 vocab_limit: int | None = None):
+        self.lora, self.num_layers, self.vocab_limit = lora, num_layers, vocab_limit
         self.graphdef, self.treedef, self.paths = graphdef, treedef, paths
         self.selection, self.tx, self.schedule, self.cfg = selection, tx, schedule, train_cfg
         self.mesh, self.rules = mesh, rules
@@ -83,22 +66,32 @@ class StepBuilder:
         state = jax.tree.unflatten(self.treedef, [full[p] for p in self.paths])
         return nnx.merge(self.graphdef, state)
 
+    def scores(self, head, hidden, targets) -> TokenScores:
+        return token_scores(hidden, head, targets, chunk=self.cfg.loss_chunk,
+                            vocab_limit=self.vocab_limit)
+
     def summed_loss(self, trainable, frozen, batch):
-        """(sum CE [+ MTP CE] + z terms, metrics) for one (micro-)batch; not normalised."""
+        """(sum CE [+ MTP CE] + z terms, metrics) for one (micro-)batch; not normalised.
+
+        With a `score_mask` in the batch (evaluation), metrics also hold `score_nats`, the summed
+        negative log-likelihood over it, and `scored`, its token count.
+        """
         with parallel.activation_sharding(self.mesh, self.rules):
             model = self.model(trainable, frozen)
             hidden = model.hidden_states(batch["tokens"], batch["segment_ids"], batch["positions"])
             mask = batch["loss_mask"].astype(jnp.float32)
-            ce, z, correct = chunked_cross_entropy(hidden, model.lm_head_weight(),
-                                                   batch["targets"], mask, self.cfg.loss_chunk,
-                                                   self.cfg.z_loss)
+            scores = self.scores(model.lm_head_weight(), hidden, batch["targets"])
+            ce, z, correct = masked_sums(scores, mask, self.cfg.z_loss)
             total = ce + z
             metrics = {"ce_sum": ce, "tokens": mask.sum(), "correct": correct}
+            if "score_mask" in batch:
+                score_mask = batch["score_mask"].astype(jnp.float32)
+                metrics["score_nats"] = (-scores.logprob * score_mask).sum()
+                metrics["scored"] = score_mask.sum()
             if "mtp_head" in trainable or "mtp_head" in frozen:
                 head = trainable.get("mtp_head", frozen.get("mtp_head"))
                 t2, m2 = second_targets({"targets": batch["targets"], "loss_mask": mask})
-                ce2, z2, _ = chunked_cross_entropy(hidden, head, t2, m2, self.cfg.loss_chunk,
-                                                   self.cfg.z_loss)
+                ce2, z2, _ = masked_sums(self.scores(head, hidden, t2), m2, self.cfg.z_loss)
                 total = total + ce2 + z2
                 metrics["mtp_ce_sum"] = ce2
         return total, metrics
@@ -152,19 +145,9 @@ class StepBuilder:
             out["mtp_loss"] = metrics["mtp_ce_sum"] / n
         return new, out
 
-    def eval_step(self, trainable, frozen, batch, byte_lengths=None):
-        """Summed CE, trained-token count and (with a token byte-length table) the bytes those
-        target tokens stand for, for bits per byte; no gradients."""
+    def eval_step(self, trainable, frozen, batch):
+        """Summed CE and trained-token count over `loss_mask`, and (with a `score_mask`, the
+        tokens bits per byte scores) `score_nats` / `scored` over it; no gradients."""
         _, metrics = self.summed_loss(trainable, frozen, batch)
-        out = {"ce_sum": metrics["ce_sum"], "tokens": metrics["tokens"]}
-        if byte_lengths is not None:
-            out["bytes"] = (jnp.take(byte_lengths, batch["targets"]) * batch["loss_mask"]).sum()
-        return out
-
-
-def jit_train_step(builder: StepBuilder, state_shardings, frozen_shardings, batch_sharding
-                   ) -> Callable:
-    """The train step jitted with explicit shardings; the state's buffers are donated."""
-    return jax.jit(builder.train_step,
-                   in_shardings=(state_shardings, frozen_shardings, batch_sharding),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+        return {k: v for k, v in metrics.items() if k in ("ce_sum", "tokens", "score_nats",
+                                                          "scored")}

@@ -1,39 +1,15 @@
-"""`lepjax vocab ACTION`: vocabulary extension, replacement, embedding initialisation, efficiency report.
+"""The `lepjax vocab` actions as library functions of the `lepjax.vocab.config` config.
 
-    lepjax vocab extend --config.tokenizer=TOK --config.corpus=ru.txt --config.output_dir=out/tok
-    lepjax vocab replace --config.tokenizer=TOK --config.corpus=ru.txt --config.output_dir=out/tok
-    lepjax vocab init-embeddings --config.tokenizer=TOK --config.init.checkpoint=MODEL \
-        --config.init.tokenizer=out/tok --config.init.method=align --config.corpus=ru.txt \
-        --config.output_dir=out/model
-    lepjax vocab report --config.report.tokenizers=TOK,out/tok --config.report.heldout=ru_test.txt \
-        --config.output_dir=out/report
+    from lepjax.vocab.api import ACTIONS
+    summary = ACTIONS["extend"](cfg, progress=True)
 
-Config keys: `lepjax.vocab.config` (also `configs/vocab/*.py`).
+Each takes the whole vocab config (`lepjax.vocab.config.default_config`) and returns a summary
+whose `output` is the directory written.
 """
 
 from __future__ import annotations
 
-import json
 import os
-
-from lepjax.cli import add_config_flag, verb
-
-ACTIONS = ("extend", "replace", "init-embeddings", "report")
-
-
-def _default():
-    from lepjax.vocab.config import default_config
-
-    return default_config()
-
-
-def _args(p):
-    p.add_argument("action", choices=ACTIONS,
-                   help="extend: add k tokens learnt from the corpus; replace: a new vocabulary; "
-                        "init-embeddings: resize a checkpoint to a new tokenizer; report: "
-                        "tokenizer efficiency on held-out text")
-    add_config_flag(p, "default: lepjax.vocab.config's keys, e.g. configs/vocab/extend_tejaswi.py")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _need(cfg, key: str) -> str:
@@ -55,7 +31,7 @@ def _source(cfg):
     return load_tokenizer(_need(cfg, "tokenizer"))
 
 
-def run_extend(cfg, progress: bool) -> dict:
+def extend_from_config(cfg, progress: bool) -> dict:
     """Extend the source tokenizer and write the new tokenizer directory."""
     from lepjax.vocab import expand, writer
     from lepjax.vocab.corpus import check_corpus
@@ -73,7 +49,7 @@ def run_extend(cfg, progress: bool) -> dict:
     return summary
 
 
-def run_replace(cfg, progress: bool) -> dict:
+def replace_from_config(cfg, progress: bool) -> dict:
     """Train a replacement tokenizer and write it."""
     from lepjax.vocab import expand, writer
     from lepjax.vocab.corpus import check_corpus
@@ -89,7 +65,7 @@ def run_replace(cfg, progress: bool) -> dict:
     return summary
 
 
-def run_init(cfg, progress: bool) -> dict:
+def init_from_config(cfg, progress: bool) -> dict:
     """Resize a checkpoint's embeddings and LM head to the new tokenizer."""
     from lepjax.vocab.checkpoint import init_embeddings
     from lepjax.vocab.corpus import check_corpus
@@ -108,7 +84,7 @@ def run_init(cfg, progress: bool) -> dict:
                            overwrite=cfg.overwrite, progress=progress)
 
 
-def run_report(cfg, progress: bool) -> dict:
+def report_from_config(cfg, progress: bool) -> dict:
     """Measure tokenizer efficiency on held-out text; write report.json and report.png."""
     from lepjax.vocab import report
     from lepjax.vocab.corpus import check_corpus
@@ -132,18 +108,5 @@ def run_report(cfg, progress: bool) -> dict:
     return {"action": "report", "written": written, "ratios": rep["ratios"]}
 
 
-RUNNERS = {"extend": run_extend, "replace": run_replace, "init-embeddings": run_init,
-           "report": run_report}
-
-
-@verb("vocab", "vocabulary extension/replacement, embedding initialisation, efficiency report",
-      default_config=_default)(_args)
-def run_vocab(args, cfg):
-    from lepjax import config as config_lib
-
-    summary = RUNNERS[args.action](cfg, cfg.progress and not args.no_progress)
-    out = summary.get("output") or _need(cfg, "output_dir")
-    config_lib.write_resolved({"verb": "vocab", "action": args.action, **config_lib.to_dict(cfg)},
-                              out)
-    brief = {k: v for k, v in summary.items() if k != "new_tokens"}
-    print(json.dumps(brief, ensure_ascii=False))
+ACTIONS = {"extend": extend_from_config, "replace": replace_from_config,
+           "init-embeddings": init_from_config, "report": report_from_config}

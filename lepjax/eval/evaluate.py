@@ -1,4 +1,4 @@
-"""`lepjax eval`: evaluate one or more checkpoints and write one comparative report.
+"""Evaluate one or more checkpoints and write one comparative report (`lepjax eval`).
 
     lepjax eval --config=configs/eval/example.py \
         --config.checkpoints=source=/models/Llama-2-7b,adapted=runs/adapt/ru \
@@ -12,14 +12,11 @@ resolved_config.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
 from ml_collections import ConfigDict
-
-from lepjax.cli import add_config_flag, verb
 
 log = logging.getLogger("lepjax.eval")
 
@@ -163,9 +160,8 @@ def _efficiency(tok, inputs, max_lines: int) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run(cfg: ConfigDict) -> dict[str, Any]:
+def evaluate(cfg: ConfigDict) -> dict[str, Any]:
     """Evaluate every checkpoint as `cfg` describes; write the report; return a summary."""
-    from lepjax import config as config_lib
     from lepjax import models
     from lepjax.data.tokenizer import load_tokenizer
     from lepjax.eval import report, speed
@@ -243,17 +239,6 @@ def run(cfg: ConfigDict) -> dict[str, Any]:
         results["speed"], rows = speed.compare(decoded, cfg.speed.baseline)
         report.write_jsonl(os.path.join(out_dir, "predictions", "speed.jsonl"), rows)
     written = report.write_report(results, out_dir)
-    config_lib.write_resolved(cfg, out_dir)
     return {"output_dir": out_dir, "results": written["json"], "markdown": written["markdown"],
             "charts": len(written["charts"]), "checkpoints": list(checkpoints),
             "tasks": list(results["tasks"])}
-
-
-def _args(p):
-    add_config_flag(p, "e.g. configs/eval/example.py; keys: see lepjax/eval/cli.py default_config")
-
-
-@verb("eval", "compare checkpoints: bits per byte, token efficiency, tasks, speedup",
-      default_config=default_config)(_args)
-def run_eval(args, cfg):
-    print(json.dumps(run(cfg)))

@@ -1,7 +1,0 @@
-"""`python -m lepjax` is `lepjax`."""
-
-import sys
-
-from lepjax.cli import main
-
-sys.exit(main())

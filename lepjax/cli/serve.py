@@ -1,0 +1,24 @@
+"""`lepjax serve`: a checkpoint on an OpenAI-compatible endpoint, until SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+from lepjax.cli.common import add_config_flag
+
+HELP = "serve a checkpoint on an OpenAI-compatible completions endpoint"
+
+
+def add_args(p):
+    add_config_flag(p, "keys: lepjax.serve.default_config; e.g. --config.model.path=DIR "
+                       "--config.port=0")
+
+
+def default_config():
+    from lepjax.serve import default_config
+
+    return default_config()
+
+
+def run(args, cfg):
+    from lepjax.serve import run
+
+    return run(cfg), None

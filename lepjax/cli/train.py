@@ -1,0 +1,23 @@
+"""`lepjax train`: train (or resume) a model on prepared shards."""
+
+from __future__ import annotations
+
+from lepjax.cli.common import add_config_flag
+
+HELP = "train (or resume) a model on prepared shards"
+
+
+def add_args(p):
+    add_config_flag(p, "e.g. configs/train/tiny_ru.py")
+
+
+def default_config():
+    from lepjax.train.loop import default_config
+
+    return default_config()
+
+
+def run(args, cfg):
+    from lepjax.train.loop import train
+
+    return train(cfg), cfg.train.run_dir
