@@ -47,7 +47,7 @@ def main():
     tdev = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = getattr(torch, a.dtype)
     with tempfile.TemporaryDirectory() as d:
-        model = models.create_model(mc.replace(param_dtype="float32"), seed=0)
+        model = models.create_model(mc, seed=0, param_dtype="float32")
         models.save_hf(model, d, dtype=a.dtype, overwrite=True)
         del model
         mesh = parallel.make_mesh({"fsdp": -1})

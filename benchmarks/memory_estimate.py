@@ -33,8 +33,9 @@ def main():
     from lepjax.train.step import StepBuilder
 
     mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
-    mc = models.get_preset(a.preset, dtype="bfloat16", remat_policy=a.remat, attention="xla")
-    graphdef, abstract = models.io.abstract_model(mc)
+    mc = models.get_preset(a.preset)
+    graphdef, abstract = models.io.abstract_model(
+        mc, models.Compute(dtype="bfloat16", remat_policy=a.remat, attention="xla"))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     paths = ["/".join(str(k.key) for k in q if isinstance(k, jax.tree_util.DictKey))
              for q, _ in leaves]

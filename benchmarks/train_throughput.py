@@ -52,8 +52,9 @@ def main():
     cfg.train.loss_chunk = a.loss_chunk
     mesh = parallel.make_mesh({"fsdp": -1})
     dtype = "bfloat16" if jax.default_backend() != "cpu" else "float32"
-    mc = models.get_preset(s["preset"], dtype=dtype, remat_policy=a.remat, attention=a.attention)
-    model = models.create_model(mc, mesh=mesh)
+    mc = models.get_preset(s["preset"])
+    model = models.create_model(mc, mesh=mesh, dtype=dtype, remat_policy=a.remat,
+                                attention=a.attention)
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
     paths = ["/".join(str(k.key) for k in q if isinstance(k, jax.tree_util.DictKey))

@@ -73,7 +73,7 @@ def main():
 
     import mistral_common
 
-    from lepjax.vocab import extend, load_tokenizer
+    from lepjax.vocab import extend, load_vocab
     from lepjax.vocab.embedding_init import build_matrix, plan_rows
 
     sp = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
@@ -84,7 +84,7 @@ def main():
     t_corpus = time.perf_counter() - t
 
     t0 = time.perf_counter()
-    src = load_tokenizer(sp)
+    src = load_vocab(sp)
     new, summary = extend(src, [corpus], a.k, priority="after", aux_vocab_size=a.aux_vocab,
                           progress=False)
     t_extend = time.perf_counter() - t0

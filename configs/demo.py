@@ -6,7 +6,8 @@ A SentencePiece tokenizer is trained on the bundled English sample (UD English-E
 Llama-style base model is pre-trained on it briefly, and an "instruct" sibling (chat tokens and
 template added) is tuned from it on English prompt/response pairs. Then the pipeline adapts them
 to Russian (the bundled UD Russian-GSD sample): vocabulary extension, embedding-only training of
-the base, LEP into the instruct model, exports and evaluation. Keys: see lepjax.adapt.
+the base, LEP into the instruct model, exports and evaluation. Keys: see lepjax.adapt (every
+`lepjax train` key, e.g. --config.optim.schedule or --config.mesh.fsdp, applies to the trainings).
 Run from the repository root (the sample texts live in tests/fixtures).
 """
 
@@ -23,14 +24,15 @@ def get_config():
     cfg.demo.instruct_steps = 40
     cfg.target_text = ("tests/fixtures/ru_gsd_dev.txt",)
     cfg.heldout_text = ("tests/fixtures/ru_gsd_test.txt",)
-    cfg.vocab.k = 500
-    cfg.vocab.aux_vocab_size = 3000
-    cfg.vocab.init_method = "mean"
+    cfg.extend.k = 500
+    cfg.extend.aux_vocab_size = 3000
+    cfg.init.method = "mean"
     cfg.model.dtype = "float32"
     cfg.data.seq_len = 128
     cfg.data.batch_size = 8
     cfg.train.steps = 150
-    cfg.train.lr = 3e-3
-    cfg.train.warmup_steps = 10
-    cfg.train.weight_decay = 0.0
+    cfg.optim.lr = 3e-3
+    cfg.optim.warmup_steps = 10
+    cfg.optim.weight_decay = 0.0
+    cfg.prepare.engine.kind = "synchronous"  # small texts: tokenise in process
     return cfg

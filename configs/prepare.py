@@ -14,9 +14,14 @@ Keys:
   output_dir: the dataset directory to write.
   records_per_shard: documents per shard.
   add_bos, add_eos: add the tokenizer's BOS / EOS around each document.
-  num_proc: tokenising processes on this host (0 = every core).
-  num_workers, worker_index: split shards across hosts (shard i goes to worker i % num_workers);
-    also settable as --num_workers / --worker_index.
+  overwrite: rebuild an output_dir prepared from other inputs, another tokenizer or other
+    settings (without it, such a rerun is refused and names what changed).
+  engine.kind: local (default: a LocalCluster, one worker process per core, loopback only)
+    | synchronous (in this process) | dask (a running scheduler: engine.scheduler=tcp://HOST:8786
+    or engine.scheduler_file=FILE on a shared filesystem).
+  engine.num_workers: local worker processes (0 = one per core).
+  engine.retries: times a task is retried after it failed or its worker died.
+  engine.dashboard: the Dask dashboard address for kind=local (e.g. 127.0.0.1:8787; needs bokeh).
 """
 
 from lepjax.data.prepare import default_config

@@ -7,18 +7,23 @@
 #   --cpu-devices K  each process runs on K simulated CPU devices (JAX_PLATFORMS=cpu)
 #   --gpus           process i sees only GPU i (CUDA_VISIBLE_DEVICES=i)
 #   --log-dir DIR    per-process logs DIR/process_<i>.log (default: logs/local)
-#   --dry-run        print the commands instead of running them
+#   --dry-run        print the commands instead of running them (also DRY_RUN=1)
+#
+#   launch/local.sh 2 --cpu-devices 1 -- lepjax adapt --config=configs/demo.py --config.run_dir=runs/demo2
+#
+# A `lepjax VERB` command is first validated once here with `--dry_run` (a wrong key fails before
+# any process starts).
 #
 # SIGTERM / Ctrl-C are forwarded to every process (lepjax train then saves and stops); the exit
 # status is the first non-zero one among the processes.
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 [ $# -ge 1 ] || { usage; exit 2; }
 case "$1" in -h|--help) usage; exit 0 ;; esac
 N=$1; shift
 [[ "$N" =~ ^[1-9][0-9]*$ ]] || { echo "local.sh: N must be a positive integer, got '$N'" >&2; exit 2; }
-CPU_DEVICES="" GPUS=0 LOG_DIR=logs/local DRY=0
+CPU_DEVICES="" GPUS=0 LOG_DIR=logs/local DRY=${DRY_RUN:-0}
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu-devices) CPU_DEVICES=$2; shift 2 ;;
@@ -30,6 +35,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ $# -gt 0 ] || { echo "local.sh: no command given after --" >&2; exit 2; }
+if [ "$(basename "$1")" = lepjax ]; then
+  "$@" --dry_run > /dev/null
+fi
 
 PORT=${LEPJAX_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 [ "$DRY" = 1 ] || mkdir -p "$LOG_DIR"

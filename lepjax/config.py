@@ -29,6 +29,17 @@ class ConfigError(ValueError):
     """A config file or override that cannot be applied."""
 
 
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """Refuse `value` for the dotted config `key` unless it is one of `choices`; the message
+    names the closest valid values."""
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3, cutoff=0.4)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"config key {key!r} = {value!r} is not valid{hint} "
+                      f"(valid values: {', '.join(str(c) for c in choices)})")
+
+
 def load_file(path: str) -> ConfigDict:
     """Import a config file and call its `get_config()`."""
     if not os.path.isfile(path):

@@ -96,8 +96,64 @@ def tiny_sp_checkpoint(directory, preset: str = "tiny_llama2", seed: int = 0) ->
 
     from lepjax import models
 
-    model = models.create_model(models.get_preset(preset, vocab_size=32000, dtype="float32"),
-                                seed=seed)
+    model = models.create_model(models.get_preset(preset, vocab_size=32000), seed=seed,
+                                dtype="float32")
     path = models.save_hf(model, str(directory))
     shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
     return path
+
+
+def _llama3_tiktoken() -> str:
+    import llama_models
+
+    return os.path.join(os.path.dirname(llama_models.__file__), "llama3", "tokenizer.model")
+
+
+# The real Llama 3 tokenizer (tiktoken ranks file), shipped in the llama-models package.
+LLAMA3_TIKTOKEN = _llama3_tiktoken()
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def hf_instruct_tokenizer(directory, added=CHAT_TOKENS, eos: str = "<|im_end|>",
+                          template: str = CHAT_TEMPLATE) -> str:
+    """Mistral's `tokenizer.model` beside the `tokenizer.json` transformers saves for an instruct
+    model with `added` special tokens and `eos` as EOS (how OpenChat-3.5 ships)."""
+    import shutil
+
+    from transformers import AddedToken, LlamaTokenizer
+
+    directory = str(directory)
+    os.makedirs(directory, exist_ok=True)
+    shutil.copy(MISTRAL_SP, os.path.join(directory, "tokenizer.model"))
+    tok = LlamaTokenizer.from_pretrained(directory)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in added],
+                   special_tokens=True)
+    tok.eos_token = eos
+    tok.chat_template = template
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def hf_written_tokenizers(tmp_path_factory):
+    """{"mistral", "llama3"}: directories with the real Mistral 7B v0.1 / Llama 3 tokenizers as
+    transformers writes them (tokenizer.json + tokenizer_config.json, no tokenizer.model)."""
+    import shutil
+
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from lepjax.tokenizer_convert import LLAMA3_PATTERN, LLAMA3_SPECIAL
+
+    root = tmp_path_factory.mktemp("hf_tokenizers")
+    src = root / "mistral_src"
+    src.mkdir()
+    shutil.copy(MISTRAL_SP, src / "tokenizer.model")
+    LlamaTokenizer.from_pretrained(str(src)).save_pretrained(str(root / "mistral"))
+    converted = TikTokenConverter(vocab_file=LLAMA3_TIKTOKEN, pattern=LLAMA3_PATTERN,
+                                  extra_special_tokens=LLAMA3_SPECIAL).converted()
+    PreTrainedTokenizerFast(tokenizer_object=converted, bos_token="<|begin_of_text|>",
+                            eos_token="<|end_of_text|>").save_pretrained(str(root / "llama3"))
+    return {"mistral": str(root / "mistral"), "llama3": str(root / "llama3")}

@@ -1,5 +1,7 @@
 """`lepjax adapt` on the demo family: every stage runs, the result improves, a rerun skips stages,
-and a run killed in the middle of training finishes with the result of an uninterrupted run."""
+and a run killed in the middle of training finishes with the result of an uninterrupted run.
+adapt's config is the real sections of the verbs it runs: any `lepjax train` key reaches the
+trainings, and a wrong value fails when the config loads, before anything is read or written."""
 
 import json
 import logging
@@ -96,9 +98,9 @@ def test_adapt_killed_during_training_resumes_to_the_uninterrupted_result(demo_r
               *TEXTS, "--config.train.steps=150", "--config.train.save_every=10",
               "--config.export.format=lepjax"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen([sys.executable, "-m", "lepjax.cli", "adapt", f"--config.run_dir={killed}",
-                             *common], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "lepjax.cli", "adapt",
+                             f"--config.run_dir={killed}", *common], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while not _checkpoints(killed) and proc.poll() is None and time.time() < deadline:
@@ -140,3 +142,101 @@ def test_adapt_killed_during_training_resumes_to_the_uninterrupted_result(demo_r
     assert rerun == {"propagate", "export", "evaluate"}
     c = json.loads((clean / "summary.json").read_text())
     assert c["lep_residuals"] != b["lep_residuals"]
+
+
+def test_train_sections_reach_every_training_of_the_pipeline(tmp_path):
+    """`lepjax adapt --config=configs/demo.py --config.optim.schedule=linear
+    --config.data.streams=4 --config.mesh.fsdp=2` (2 CPU devices): the training stage runs with
+    exactly those settings, read back from its resolved `lepjax train` config (and so do the
+    demo's own trainings); the pipeline sets only its paths and the stage's own values."""
+    run = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    cmd = [sys.executable, "-m", "lepjax.cli", "adapt", f"--config={DEMO}",
+           "--config.optim.schedule=linear", "--config.data.streams=4", "--config.mesh.fsdp=2",
+           f"--config.run_dir={run}",
+           f"--config.demo.english_text={FIX}/en_ewt_dev.txt,{FIX}/en_ewt_test.txt",
+           f"--config.target_text={FIX}/ru_gsd_dev.txt",
+           f"--config.heldout_text={FIX}/ru_gsd_test.txt", "--config.eval.max_lines=20",
+           "--config.demo.base_steps=2", "--config.demo.instruct_steps=2",
+           "--config.train.steps=2", "--config.extend.k=100", "--config.extend.aux_vocab_size=600",
+           "--config.train.progress=false", "--config.export.format=lepjax"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    resolved = {d: json.loads((run / d / "resolved_config.json").read_text())
+                for d in ("train", "demo/base_run", "demo/instruct_run")}
+    for d, c in resolved.items():
+        assert (c["optim"]["schedule"], c["data"]["streams"], c["mesh"]["fsdp"]) == \
+            ("linear", 4, 2), d
+    t = resolved["train"]
+    assert t["train"]["trainable"] == "embeddings" and t["train"]["steps"] == 2
+    assert t["model"]["path"] == str(run / "base_resized")
+    assert t["data"]["paths"] == [str(run / "data" / "train")]
+    assert t["train"]["run_dir"] == str(run / "train")
+    assert (t["optim"]["lr"], t["data"]["seq_len"]) == (3e-3, 128)  # configs/demo.py's values
+    base = resolved["demo/base_run"]
+    assert base["train"]["trainable"] == "all" and base["train"]["steps"] == 2  # the demo's own
+    assert base["model"]["preset"] == "tiny_llama2"
+    steps = [json.loads(line)["step"] for line in (run / "train" / "metrics.jsonl").open()]
+    assert steps[-1] == 2  # the training ran to its end on the 2-device mesh
+    top = json.loads((run / "resolved_config.json").read_text())
+    assert top["optim"]["schedule"] == "linear" and top["mesh"]["fsdp"] == 2
+
+
+def test_empty_run_dir_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["adapt", f"--config={DEMO}", "--config.run_dir="]) == 1
+    assert "run_dir" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def unreadable_models(tmp_path):
+    """base / instruct directories whose weight file cannot be read: any attempt fails loudly."""
+    dirs = []
+    for name in ("base", "instruct"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"not a safetensors file")
+        dirs.append(str(d))
+    return dirs
+
+
+@pytest.mark.parametrize("key,value,closest", [
+    ("optim.schedule", "cosin", "cosine"),
+    ("train.trainable", "embedings", "embeddings"),
+    ("train.lora.targets", "q,vv", "v"),
+    ("model.attention", "splsh", "splash"),
+    ("init.method", "algn", "align"),
+    ("propagate.method", "conversoin", "conversion"),
+    ("export.format", "hff", "hf"),
+])
+def test_a_wrong_value_fails_at_config_load_before_any_weight_is_read(
+        key, value, closest, unreadable_models, tmp_path, capsys):
+    run = tmp_path / "run"
+    base, instruct = unreadable_models
+    assert main(["adapt", f"--config={DEMO}", "--config.demo.enabled=false",
+                 f"--config.base={base}", f"--config.instruct={instruct}",
+                 f"--config.run_dir={run}", *TEXTS, f"--config.{key}={value}"]) == 1
+    err = capsys.readouterr().err
+    assert key.rsplit(".", 1)[-1] in err and repr(closest) in err.replace('"', "'"), err
+    assert "safetensors" not in err and not run.exists()
+
+
+def test_the_calibration_training_is_validated_too(unreadable_models, tmp_path, capsys):
+    base, instruct = unreadable_models
+    assert main(["adapt", f"--config={DEMO}", "--config.demo.enabled=false",
+                 f"--config.base={base}", f"--config.instruct={instruct}",
+                 f"--config.run_dir={tmp_path / 'run'}", *TEXTS, "--config.calibrate.enabled=true",
+                 "--config.calibrate.trainable=embed,lm_haed"]) == 1
+    err = capsys.readouterr().err
+    assert "calibrate" in err and "lm_head" in err, err
+
+
+def test_a_path_the_pipeline_sets_is_refused(tmp_path, capsys):
+    assert main(["adapt", f"--config={DEMO}", f"--config.run_dir={tmp_path / 'run'}",
+                 "--config.model.path=/models/x"]) == 1
+    err = capsys.readouterr().err
+    assert "model.path" in err and "base" in err
+    assert not (tmp_path / "run").exists()

@@ -1,11 +1,10 @@
-"""Augmentation: instruction-synthesis parsing, chaining under the context budget, seeded templates,
-token-ratio mixture; FIAT records (rationale in the input, loss on the target), kill + resume
-giving identical shards, teacher failure keeping finished shards, LoRA training on the shards,
-inference, and bad input."""
+"""FIAT augmentation: records (rationale in the input, loss on the target), kill + resume giving
+identical shards, teacher failure keeping finished shards, LoRA training on the shards, inference,
+and bad input. Instruction Pre-Training: tests/test_instruct_pt.py; FIAT inference resume,
+over-long records and metrics: tests/test_fiat.py."""
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -19,8 +18,10 @@ import sentencepiece as spm
 
 from lepjax import config as config_lib
 from lepjax import models
-from lepjax.augment import fiat, instruct_format, instruct_pt, shards
-from lepjax.augment.teacher import LocalTeacher, Request, make_teacher, teacher_section
+from lepjax.augment import fiat, shards
+from lepjax.augment.config import default_config
+from lepjax.augment.local_teacher import LocalTeacher
+from lepjax.augment.teacher import make_teacher
 from lepjax.data import records
 from conftest import MISTRAL_SP, tiny_sp_checkpoint
 
@@ -88,141 +89,6 @@ def read_tokens(directory, index):
 
     reader = ArrayRecordReader(os.path.join(directory, records.shard_name(index)))
     return [records.decode(b) for b in reader.read(list(range(reader.num_records())))]
-
-
-def test_parse_pairs_drops_incomplete_duplicate_and_unanswered():
-    out = ("<QUE> What is the capital of Russia? <ANS> Moscow. </END>\n\n"
-           "<QUE> what is the CAPITAL of russia? <ANS> Saint Petersburg. </END>\n\n"
-           "<QUE> Who founded Moscow? <ANS>  </END>\n\n"
-           "<QUE> A question with no answer tag </END>\n\n"
-           "<QUE> Two <QUE> questions? <ANS> x </END>\n\n"
-           "<QUE> Which river flows through Moscow? <ANS> The Moskva,\nmostly. </END>\n\n"
-           "<QUE> When was it founded? <ANS> In 1147, according to")
-    assert instruct_format.parse_pairs(out) == [
-        ("What is the capital of Russia?", "Moscow."),
-        ("Which river flows through Moscow?", "The Moskva,\nmostly.")]
-    assert instruct_format.parse_pairs("no pairs") == [] == instruct_format.parse_pairs("")
-    assert instruct_format.parse_pairs("<QUE> q? <ANS> a </END>") == [("q?", "a")]
-
-
-def test_chaining_never_exceeds_the_context_budget(tiny_dir, teacher):
-    from lepjax.data.tokenizer import load_tokenizer
-
-    context, new = 160, 16
-    budget = instruct_pt.Budget(load_tokenizer(tiny_dir), context, new)
-    short = "Москва — столица России."
-    medium = " ".join(["Кремль стоит на берегу реки."] * 8)  # ~70 tokens: cannot follow a chain
-    huge = " ".join(["Очень длинный текст о городе."] * 60)  # too long even alone: cut
-    texts = [short, medium, short + " Один.", short + " Два.", huge, short + " Три.",
-             medium + " Ещё.", short + " Четыре.", short + " Пять."]
-    plan = instruct_pt.plan_chains(len(texts), 3)
-    assert plan == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
-    entries = instruct_pt.synthesize([[texts[i] for i in chain] for chain in plan], teacher,
-                                     budget, Request(max_new_tokens=new))
-    seen = []
-    for chain in entries:
-        for r, e in enumerate(chain):
-            tokens = len(SP.encode(e["prompt"])) + 1  # BOS
-            assert tokens + new <= context, (tokens, e["prompt"][:80])
-            assert e["prompt_tokens"] == tokens
-            assert e["prompt"].endswith(" </CON>\n\n")
-            if e["linked"]:
-                prev = chain[r - 1]
-                assert e["prompt"].startswith(prev["prompt"])
-            seen.append((r, e["linked"], e["truncated"]))
-    assert any(r > 0 and linked for r, linked, _ in seen)
-    assert any(r > 0 and not linked for r, linked, _ in seen)  # the fall-back happened
-    assert any(t for _, _, t in seen)  # the huge text was cut to fit
-    # Chain 1 (medium, huge, short+Четыре): neither follow-up fits after its predecessor.
-    assert [e["linked"] for e in entries[1]] == [False, False, False]
-    assert entries[0][1]["linked"]
-
-
-def chains_with_pairs(n=12):
-    rng = random.Random(0)
-    chains = []
-    for c in range(n):
-        entries = []
-        for r in range(3):
-            k = rng.randint(0, 3)
-            pairs = [[f"Question {c}.{r}.{i}?", f"Answer {c}.{r}.{i}"] for i in range(k)]
-            entries.append({"text": f"Text {c}.{r}.", "pairs": pairs, "linked": r != 2 or c % 2})
-        chains.append({"index": c, "entries": entries})
-    return chains
-
-
-def test_template_choice_is_reproducible_from_the_seed():
-    chains = chains_with_pairs()
-    a, b = instruct_format.templify(chains, seed=0), instruct_format.templify(chains, seed=0)
-    c = instruct_format.templify(chains, seed=1)
-    assert a == b
-    assert len(a) == len(c) == sum(1 + (c_["index"] % 2 == 0) for c_ in chains)
-    assert sum(x != y for x, y in zip(a, c)) >= 3
-    with_options = {"Options:" in d or "option" in d or "Pick one" in d for d in a + c}
-    assert with_options == {True, False}  # the options family and others both occur
-    # Every text, question and answer is in the documents; a text without pairs stays raw.
-    joined = "\n".join(a)
-    for chain in chains:
-        for e in chain["entries"]:
-            assert e["text"] in joined
-            for q, ans in e["pairs"]:
-                assert q in joined and ans in joined
-    bare = {"index": 0, "entries": [{"text": "Just text.", "pairs": [], "linked": False}]}
-    assert instruct_format.templify([bare], seed=5) == ["Just text."]
-
-
-def test_mixture_follows_token_ratios():
-    rng = random.Random(1)
-    pools = {name: [(f"{name}{i}", [0] * rng.randint(20, 200)) for i in range(n)]
-             for name, n in (("augmented", 300), ("raw", 500), ("general", 900))}
-    totals = {k: sum(len(ids) for _, ids in v) for k, v in pools.items()}
-    for weights in ({"augmented": 1, "raw": 0, "general": 1},
-                    {"augmented": 2, "raw": 1, "general": 1}):
-        docs = instruct_pt.mix(pools, weights, seed=0)
-        got = {k: sum(len(ids) for s, _, ids in docs if s == k) for k in pools}
-        assert got["augmented"] == totals["augmented"]  # the scarcest source is used whole
-        for k, w in weights.items():
-            want = w / weights["augmented"] * totals["augmented"]
-            assert abs(got[k] - want) <= 0.02 * want + 1, (weights, got)
-        assert len({t for _, t, _ in docs}) == len(docs)  # no document repeated
-    with pytest.raises(shards.AugmentError, match="instruct_pt.mixture.general"):
-        instruct_pt.mix({"augmented": pools["augmented"]}, {"augmented": 1, "general": 1}, 0)
-
-
-def test_instruct_pt_writes_mixed_document_shards(tiny_dir, teacher, tmp_path):
-    from lepjax.data.tokenizer import load_tokenizer
-
-    general = tmp_path / "general.jsonl"
-    general.write_text("".join(json.dumps({"question": f"Сколько будет {i} плюс {i}?",
-                                           "response": f"Это {2 * i}."}) + "\n"
-                               for i in range(60)), encoding="utf-8")
-    texts = tmp_path / "domain.txt"
-    with open(os.path.join(HERE, "fixtures", "ru_gsd_dev.txt"), encoding="utf-8") as f:
-        texts.write_text("".join(next(f) for _ in range(9)), encoding="utf-8")
-    cfg = config_lib.load(os.path.join(REPO, "configs", "instruct_pt", "domain.py"), [
-        ("teacher.path", tiny_dir), ("teacher.dtype", "float32"), ("teacher.batch_size", "4"),
-        ("teacher.length_bucket", "64"), ("instruct_pt.inputs", str(texts)),
-        ("instruct_pt.text_mode", "line"), ("instruct_pt.general_inputs", str(general)),
-        ("instruct_pt.max_new_tokens", "8"), ("instruct_pt.context_tokens", "192"),
-        ("instruct_pt.chains_per_shard", "2"), ("instruct_pt.records_per_shard", "8"),
-        ("instruct_pt.tokenizer", tiny_dir), ("instruct_pt.output_dir", str(tmp_path / "o")),
-        ("progress", "false")])
-    summary = instruct_pt.run(cfg, teacher=teacher, progress=False)
-    assert summary["complete"] and summary["chains"] == 3 and summary["texts"] == 9
-    ds = records.open_dataset(summary["tokens"], fingerprint=load_tokenizer(tiny_dir).fingerprint())
-    assert ds.kind == "document"
-    tok = load_tokenizer(tiny_dir)
-    got = {"augmented": 0, "general": 0}
-    for i in range(summary["shards_total"]):
-        for row, rec in zip(shards.read_text_shard(summary["text"], i),
-                            read_tokens(summary["tokens"], i)):
-            ids = [tok.bos_id] + SP.encode(row["text"]) + [tok.eos_id]
-            assert rec["tokens"].tolist() == ids
-            got[row["source"]] += len(ids)
-    assert got == summary["mixture_tokens"]
-    assert abs(got["general"] - got["augmented"]) <= 0.1 * got["augmented"]
-    again = instruct_pt.run(cfg, teacher=None, progress=False)  # all done: no teacher needed
-    assert again["texts_synthesized"] == 0 and again["mixture_tokens"] == got
 
 
 def test_fiat_records_put_the_rationale_in_the_input_and_train_on_the_target(
@@ -301,11 +167,11 @@ def test_teacher_failure_names_the_shard_and_keeps_finished_ones(fiat_run, fiat_
     before = shard_files(str(out))
     with socket.socket() as s:  # a port nobody listens on: connections are refused
         port = s.bind(("127.0.0.1", 0)) or s.getsockname()[1]
-    section = teacher_section()
-    section.update(dict(backend="openai", url=f"http://127.0.0.1:{port}/v1", model="m",
-                        max_retries=0, timeout_s=2.0, backoff_s=0.01, concurrency=2))
+    cfg = default_config()
+    cfg.teacher.update(dict(backend="openai", url=f"http://127.0.0.1:{port}/v1", model="m",
+                            max_retries=0, timeout_s=2.0, backoff_s=0.01, concurrency=2))
     with pytest.raises(shards.AugmentError) as err:
-        fiat.augment(fiat_config(tiny_dir, fiat_inputs[0], out), teacher=make_teacher(section),
+        fiat.augment(fiat_config(tiny_dir, fiat_inputs[0], out), teacher=make_teacher(cfg),
                      progress=False)
     msg = str(err.value)
     assert "shard 1" in msg and "record 3 (fiat.jsonl:4)" in msg and "rerun" in msg
@@ -320,7 +186,7 @@ def lora_run(fiat_run, tiny_dir, tmp_path_factory):
     cfg = config_lib.load(os.path.join(REPO, "configs", "fiat", "lora_tune.py"), [
         ("model.path", tiny_dir), ("model.dtype", "float32"),
         ("data.paths", os.path.join(fiat_run, "tokens")), ("data.seq_len", "128"),
-        ("data.batch_size", "4"), ("train.run_dir", str(run)), ("train.steps", "3"),
+        ("data.batch_size", "8"), ("train.run_dir", str(run)), ("train.steps", "3"),
         ("train.log_every", "1"), ("train.save_every", "0"), ("train.loss_chunk", "64"),
         ("train.progress", "false"), ("train.async_checkpointing", "false"),
         ("train.lora.rank", "4"), ("optim.lr", "1e-2"), ("optim.warmup_steps", "1")])
@@ -334,7 +200,7 @@ def test_fiat_shards_train_a_lora_student(lora_run):
 
     from lepjax.train import params as P
     from lepjax.train.checkpoint import Checkpointer, restore_frozen
-    from lepjax.train.loop import load_run
+    from lepjax.train.run import load_run
 
     run, initial = lora_run
     with open(os.path.join(run, "metrics.jsonl")) as f:

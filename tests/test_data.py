@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import mistral_common
 import numpy as np
@@ -13,11 +12,13 @@ import pytest
 from lepjax.data import records
 from lepjax.data.loader import Loader, PackedRows
 from lepjax.data.prepare import default_config, prepare
-from lepjax.data.tokenizer import load_tokenizer
+from lepjax.tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
 MISTRAL_SP = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+MISTRAL_V3 = os.path.join(os.path.dirname(mistral_common.__file__), "data",
+                          "mistral_instruct_tokenizer_240323.model.v3")
 
 
 def ru_lines(n=None):
@@ -31,7 +32,7 @@ def prepared(tmp_path, lines, name="ds", **overrides):
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = default_config()
     cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(src),), output_dir=str(tmp_path / name),
-                    records_per_shard=50, num_proc=1, **overrides))
+                    records_per_shard=50, engine=dict(kind="synchronous"), **overrides))
     summary = prepare(cfg, progress=False)
     assert summary["complete"]
     return str(tmp_path / name)
@@ -114,7 +115,7 @@ def test_prompt_target_loss_only_on_target(tmp_path):
     src.write_text("\n".join(json.dumps(p, ensure_ascii=False) for p in pairs), encoding="utf-8")
     cfg = default_config()
     cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(src),), output_dir=str(tmp_path / "pt"),
-                    prompt_field="q", target_field="a", num_proc=1))
+                    prompt_field="q", target_field="a", engine=dict(kind="synchronous")))
     prepare(cfg, progress=False)
     assert records.open_dataset(str(tmp_path / "pt")).kind == "prompt_target"
     tok = load_tokenizer(MISTRAL_SP)
@@ -227,50 +228,9 @@ def test_hf_tokenizer_json_gives_same_ids_and_fingerprint(tmp_path):
         str(tmp_path / "tokenizer.json"))
     hf, sp = load_tokenizer(str(tmp_path / "tokenizer.json")), load_tokenizer(MISTRAL_SP)
     lines = ru_lines(20)
-    assert hf.encode_batch(lines) == sp.encode_batch(lines)
+    assert hf.encode(lines) == sp.encode(lines)
     assert (hf.bos_id, hf.eos_id) == (sp.bos_id, sp.eos_id) == (1, 2)
     assert hf.fingerprint() == sp.fingerprint()
-
-
-PREPARE_CMD = [sys.executable, "-m", "lepjax.cli", "prepare", "--no-progress",
-               f"--config.tokenizer={MISTRAL_SP}", "--config.records_per_shard=20",
-               "--config.num_proc=1"]
-
-
-def test_prepare_killed_midway_then_rerun_equals_uninterrupted(tmp_path):
-    src = tmp_path / "big.txt"
-    src.write_text("\n".join(ru_lines() * 3) + "\n", encoding="utf-8")
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    cmd = PREPARE_CMD + [f"--config.inputs={src}"]
-    subprocess.run(cmd + [f"--config.output_dir={whole}"], check=True, timeout=300)
-    proc = subprocess.Popen(cmd + [f"--config.output_dir={resumed}"])
-    deadline = time.time() + 120
-    while not records.shard_complete(str(resumed), 3) and time.time() < deadline:
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    assert not (resumed / "metadata.json").exists()
-    subprocess.run(cmd + [f"--config.output_dir={resumed}"], check=True, timeout=300)
-    names = sorted(f for f in os.listdir(whole) if f.endswith(".array_record"))
-    assert names == sorted(f for f in os.listdir(resumed) if f.endswith(".array_record"))
-    assert not [f for f in os.listdir(resumed) if ".tmp" in f]
-    for name in names:
-        assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
-
-
-def test_split_across_workers(tmp_path):
-    src = tmp_path / "t.txt"
-    src.write_text("\n".join(ru_lines(200)) + "\n", encoding="utf-8")
-    out = tmp_path / "multi"
-    results = []
-    for w in range(2):
-        res = subprocess.run(PREPARE_CMD + [f"--config.inputs={src}", f"--config.output_dir={out}",
-                                            "--num_workers", "2", "--worker_index", str(w)],
-                             check=True, capture_output=True, text=True, timeout=300)
-        results.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    assert results[0]["shards_written"] == results[1]["shards_written"] == 5
-    assert not results[0]["complete"] and results[1]["complete"]
-    assert records.open_dataset(str(out)).num_records == 200
 
 
 # ---- bad input -------------------------------------------------------------------------------
@@ -306,7 +266,7 @@ def test_empty_inputs_and_bad_weights(tmp_path):
     empty.write_text("\n\n", encoding="utf-8")
     cfg = default_config()
     cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(empty),), output_dir=str(tmp_path / "e"),
-                    num_proc=1))
+                    engine=dict(kind="synchronous")))
     with pytest.raises(records.DataError, match="no documents found"):
         prepare(cfg, progress=False)
     with pytest.raises(records.DataError, match="no metadata.json"):
@@ -333,7 +293,7 @@ def test_parquet_jsonl_and_paragraph_sources(tmp_path):
                         ("c.txt", {"text_mode": "paragraph"})]:
         cfg = default_config()
         cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(tmp_path / name),),
-                        output_dir=str(tmp_path / f"out_{name}"), num_proc=1, **extra))
+                        output_dir=str(tmp_path / f"out_{name}"), engine=dict(kind="synchronous"), **extra))
         prepare(cfg, progress=False)
         ds = records.open_dataset(str(tmp_path / f"out_{name}"))
         docs = [tok.decode(r["tokens"][1:-1]) for r in map(
@@ -342,6 +302,137 @@ def test_parquet_jsonl_and_paragraph_sources(tmp_path):
         assert docs == expected, name
     cfg = default_config()
     cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(tmp_path / "b.jsonl"),),
-                    output_dir=str(tmp_path / "bad"), num_proc=1))
+                    output_dir=str(tmp_path / "bad"), engine=dict(kind="synchronous")))
     with pytest.raises(ValueError, match="no field .text."):
         prepare(cfg, progress=False)
+
+
+# ---- reruns: every shard records what made it ------------------------------------------------
+
+
+def tree_hashes(directory):
+    import hashlib
+
+    return {n: hashlib.sha256(open(os.path.join(directory, n), "rb").read()).hexdigest()
+            for n in sorted(os.listdir(directory))}
+
+
+def prepare_config(src, out, **overrides):
+    cfg = default_config()
+    cfg.update({**dict(tokenizer=MISTRAL_SP, inputs=(str(src),), output_dir=str(out),
+                       records_per_shard=50, engine=dict(kind="synchronous")), **overrides})
+    return cfg
+
+
+def test_rerun_from_other_tokenizer_inputs_or_settings_is_refused(tmp_path):
+    src, other = tmp_path / "a.txt", tmp_path / "b.txt"
+    src.write_text("\n".join(ru_lines(120)) + "\n", encoding="utf-8")
+    other.write_text("\n".join(ru_lines(120)[::-1]) + "\n", encoding="utf-8")
+    out = tmp_path / "ds"
+    prepare(prepare_config(src, out), progress=False)
+    before = tree_hashes(out)
+    sidecar = json.loads((out / "data-00000.array_record.json").read_text())
+    assert sidecar["made_from"]["tokenizer"]["fingerprint"] == load_tokenizer(
+        MISTRAL_SP).fingerprint()
+    assert sidecar["made_from"]["inputs"][0]["path"] == str(src)
+    again = prepare(prepare_config(src, out), progress=False)  # the same: nothing to redo
+    assert again["shards_skipped"] == 3 and again["shards_written"] == 0
+    assert tree_hashes(out) == before
+    cases = [({"tokenizer": MISTRAL_V3}, r"shard 0 was made from other tokenizer \(fingerprint"),
+             ({"inputs": (str(other),)}, r"other inputs \(.*a\.txt -> .*b\.txt\)"),
+             ({"add_eos": False}, r"other settings add_eos \(True -> False\)"),
+             ({"records_per_shard": 40}, r"settings records_per_shard \(50 -> 40\)")]
+    for change, message in cases:
+        with pytest.raises(records.DataError, match=message):
+            prepare(prepare_config(src, out, **change), progress=False)
+        assert tree_hashes(out) == before, change
+    src.write_text("\n".join(ru_lines(120)[1:] + ["другая строка"]) + "\n", encoding="utf-8")
+    with pytest.raises(records.DataError, match=r"inputs \(the content of .*a\.txt changed\)"):
+        prepare(prepare_config(src, out), progress=False)
+    assert tree_hashes(out) == before
+    summary = prepare(prepare_config(src, out, tokenizer=MISTRAL_V3, overwrite=True),
+                      progress=False)
+    assert summary["shards_written"] == 3
+    meta = records.open_dataset(str(out)).metadata
+    assert meta["tokenizer"]["fingerprint"] == load_tokenizer(MISTRAL_V3).fingerprint()
+    assert meta["sources"] == [{"path": str(src), "bytes": src.stat().st_size}]
+
+
+def test_metadata_comes_from_the_sidecars(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("\n".join(ru_lines(120)) + "\n", encoding="utf-8")
+    out = tmp_path / "ds"
+    prepare(prepare_config(src, out), progress=False)
+    meta = json.loads((out / "metadata.json").read_text())
+    sidecars = [json.loads((out / f"{records.shard_name(i)}.json").read_text()) for i in range(3)]
+    assert [s["records"] for s in meta["shards"]] == [s["records"] for s in sidecars] == [50, 50, 20]
+    assert meta["settings"] == sidecars[0]["made_from"]["settings"]
+    (out / "metadata.json").unlink()  # a run killed before metadata: rebuilt from the sidecars
+    assert prepare(prepare_config(src, out), progress=False)["shards_written"] == 0
+    assert json.loads((out / "metadata.json").read_text()) == meta
+
+
+def test_a_directory_with_other_files_is_refused(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("\n".join(ru_lines(10)) + "\n", encoding="utf-8")
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"holds files that are not part of a lepjax "
+                                                  r"dataset \(notes.txt\)"):
+            prepare(prepare_config(src, out, overwrite=overwrite), progress=False)
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+    with pytest.raises(ValueError, match=r"input .*a\.txt is inside output_dir"):
+        prepare(prepare_config(src, tmp_path), progress=False)
+
+
+def test_bad_inputs_create_nothing_and_name_the_culprit(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("первая строка\nвторая ".encode() + b"\xff\xfe" + b" third\n")
+    out = tmp_path / "out"
+    offset = len("первая строка\nвторая ".encode())
+    with pytest.raises(records.DataError,
+                       match=rf"{bad}: not UTF-8 text at byte {offset} \(line 2\)"):
+        prepare(prepare_config(bad, out), progress=False)
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{jsonl}:2: invalid JSON"):
+        prepare(prepare_config(jsonl, out), progress=False)
+    parquet = tmp_path / "bad.parquet"
+    parquet.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(records.DataError, match=rf"{parquet}: not a readable Parquet file"):
+        prepare(prepare_config(parquet, out), progress=False)
+    assert not out.exists()
+
+
+def cli(capsys, *args):
+    from lepjax.cli.main import main
+
+    rc = main(["prepare", "--no-progress", *args])
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("\n".join(ru_lines(10)) + "\n", encoding="utf-8")
+    base = [f"--config.tokenizer={MISTRAL_SP}", f"--config.inputs={src}",
+            "--config.engine.kind=synchronous"]
+    rc, err = cli(capsys, *base, f"--config.output_dir={tmp_path / 'x'}", "--num_workers", "2")
+    assert rc == 1 and len(err) == 1 and "engine" in err[0] and "removed" in err[0], err
+    rc, err = cli(capsys, *base, "--config.output_dir=/sys/lepjax_prepare_test")
+    assert rc == 1 and len(err) == 1 and err[0].startswith(
+        "lepjax prepare: error: output_dir /sys/lepjax_prepare_test cannot be created ("), err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_dir_is_one_line(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("\n".join(ru_lines(10)) + "\n", encoding="utf-8")
+    out = tmp_path / "ro"
+    out.mkdir(mode=0o555)
+    rc, err = cli(capsys, f"--config.tokenizer={MISTRAL_SP}", f"--config.inputs={src}",
+                  "--config.engine.kind=synchronous", f"--config.output_dir={out}")
+    assert rc == 1 and err == [f"lepjax prepare: error: output_dir {out} is not writable "
+                               "(Permission denied)"], err

@@ -171,3 +171,27 @@ def test_every_shipped_config_loads_and_is_documented(path):
         assert ast.get_docstring(ast.parse(f.read())), f"{path} has no docstring"
     cfg = config_lib.load(path, [])
     assert isinstance(cfg, ConfigDict) and len(cfg)
+
+
+def test_config_module_is_the_bottom_layer():
+    """lepjax/config.py imports no other lepjax module (imports inside functions included); each
+    section's defaults live beside the code that reads it."""
+    import ast
+
+    with open(config_lib.__file__, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not [m for m in names if m == "lepjax" or m.startswith("lepjax.")]
+    from lepjax import models, parallel
+
+    assert set(models.model_section()) >= {"path", "preset", "dtype", "attention"}
+    assert set(parallel.mesh_section()) >= {"data", "fsdp", "tensor", "rules"}
+    assert not hasattr(config_lib, "model_section") and not hasattr(models, "mesh_from_config")
+
+
+def test_check_choice_names_the_key_and_the_closest_values():
+    config_lib.check_choice("optim.schedule", "linear", ("cosine", "linear", "constant"))
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"'optim.schedule' = 'cosin'.*did you mean 'cosine'"):
+        config_lib.check_choice("optim.schedule", "cosin", ("cosine", "linear", "constant"))

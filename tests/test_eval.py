@@ -70,7 +70,7 @@ def write_bpe_tokenizer(directory: str, lines: list[str], vocab_size: int = 480)
 @pytest.fixture(scope="module")
 def byte_model(tmp_path_factory):
     """(transformers model, the same weights loaded by lepjax, its byte tokenizer)."""
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax.tokenizer import load_tokenizer
 
     hf = make_hf_model("llama3_1", vocab_size=258)
     path = str(tmp_path_factory.mktemp("eval") / "byte_llama")
@@ -79,7 +79,7 @@ def byte_model(tmp_path_factory):
     model, _ = models.load(path, dtype="float32")
     tok = load_tokenizer(path)
     assert (tok.bos_id, tok.eos_id) == (BOS, EOS)
-    assert tok.encode_batch(["Ab ж"]) == [list("Ab ж".encode())]
+    assert tok.encode(["Ab ж"]) == [list("Ab ж".encode())]
     return hf, model, tok
 
 
@@ -133,7 +133,7 @@ def test_loglik_sliding_window_with_left_padding_matches_transformers(tmp_path):
 
 def test_bits_per_byte_same_from_file_and_shards(tmp_path):
     from lepjax.data.prepare import default_config, prepare
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax.tokenizer import load_tokenizer
     from lepjax.eval.bpb import heldout_bits_per_byte
 
     lines = fixture_lines("ru_gsd_dev.txt", 9) + fixture_lines("en_ewt_dev.txt", 4)
@@ -148,8 +148,8 @@ def test_bits_per_byte_same_from_file_and_shards(tmp_path):
         prepare(cfg, progress=False)
         shard_dirs[name] = str(tmp_path / name)
     tok = load_tokenizer(MISTRAL_SP)
-    model = models.create_model(models.get_preset("tiny_llama3", vocab_size=32000,
-                                                  dtype="float32"), seed=3)
+    model = models.create_model(models.get_preset("tiny_llama3", vocab_size=32000), seed=3,
+                                dtype="float32")
     scorer = Scorer(model, batch_size=4, length_bucket=64)
     from_file = heldout_bits_per_byte(model, tok, str(text), scorer=scorer)
     assert from_file["bytes"] == sum(len(t.encode()) for t in lines)
@@ -300,11 +300,11 @@ def test_eval_cli_reports_two_checkpoints(tmp_path):
 
     # Two checkpoints, each with its own tokenizer: an HF directory (a BPE trained on Russian)
     # and a lepjax directory (one token per byte).
-    a = models.create_model(models.get_preset("tiny_llama3", dtype="float32"), seed=1)
+    a = models.create_model(models.get_preset("tiny_llama3"), seed=1, dtype="float32")
     path_a = models.save_hf(a, str(tmp_path / "source"))
     write_bpe_tokenizer(path_a, fixture_lines("ru_gsd_dev.txt", 300))
-    b = models.create_model(models.get_preset("tiny_mistral", vocab_size=258, dtype="float32"),
-                            seed=2)
+    b = models.create_model(models.get_preset("tiny_mistral", vocab_size=258), seed=2,
+                            dtype="float32")
     path_b = models.save(b, str(tmp_path / "adapted"))
     write_byte_tokenizer(path_b)
 

@@ -1,4 +1,5 @@
-"""KV-cache decoding against transformers' generate, sampling controls, EOS and stop strings."""
+"""KV-cache decoding against transformers' generate, sampling controls, EOS and stop strings,
+attention kernels, padding rows, and one compiled program for every sampling setting."""
 
 import mistral_common
 import numpy as np
@@ -82,13 +83,13 @@ def test_top_k_and_top_p_truncate():
 
 
 def test_stop_strings_cut_the_text():
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax.tokenizer import load_tokenizer
 
     tok = load_tokenizer(MISTRAL_SP)
-    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
-                                                  dtype="float32"), seed=1)
+    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000), seed=1,
+                                dtype="float32")
     gen = Generator(model, batch_size=1, length_bucket=8)
-    prompt = tok.encode_batch(["Привет, мир"])[0]
+    prompt = tok.encode("Привет, мир")
     full = gen.generate([prompt], SamplingParams(max_new_tokens=6), tokenizer=tok)[0]
     stop = tok.decode(full.tokens[3:5])
     assert stop.strip()
@@ -103,8 +104,8 @@ def test_generate_cli_writes_completions(tmp_path):
 
     from lepjax.cli.main import main
 
-    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
-                                                  dtype="float32"), seed=2)
+    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000), seed=2,
+                                dtype="float32")
     path = models.save_hf(model, str(tmp_path / "m"))
     shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
     prompts = tmp_path / "p.jsonl"
@@ -161,3 +162,92 @@ def test_device_steps_between_host_syncs_do_not_change_the_tokens(tmp_path):
     assert want[1].finish_reason == "length"
     got = Generator(model, batch_size=4, length_bucket=8).generate(prompts, eos)
     assert got[1].finish_reason == "eos" and len(got[1].tokens) <= 4
+
+
+def negative_logits_model(vocab_limit: int, rows: int = 256):
+    """A model whose logits are -3.2 on every real id (< vocab_limit) and exactly 0 on the
+    zero padding rows: every layer is zeroed, so the hidden state is the (constant) embedding."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    model = models.create_model(models.get_preset("tiny_llama3", vocab_size=rows), seed=0,
+                                dtype="float32")
+    state = nnx.state(model, nnx.Param)
+    for path, v in nnx.to_flat_state(state):
+        if path[0] == "layers" and "norm" not in path[-2]:
+            v.set_value(jnp.zeros_like(v.get_value()))
+    model.embed.set_value(jnp.ones_like(model.embed[...]).at[vocab_limit:].set(0.0))
+    model.final_norm.scale.set_value(jnp.ones_like(model.final_norm.scale[...]))
+    model.lm_head.set_value(jnp.full_like(model.lm_head[...], -0.05).at[:, vocab_limit:].set(0.0))
+    return model
+
+
+def test_padding_rows_are_never_generated():
+    model = negative_logits_model(vocab_limit=200)
+    prompts = [[5, 6, 7], [9, 8]]
+    plain = Generator(model, batch_size=2, length_bucket=8).generate(
+        prompts, SamplingParams(max_new_tokens=4))
+    assert all(c.tokens[0] >= 200 for c in plain)  # unmasked, a zero padding row wins
+    gen = Generator(model, batch_size=2, length_bucket=8, vocab_limit=200)
+    for params in (SamplingParams(max_new_tokens=6),
+                   SamplingParams(max_new_tokens=6, temperature=2.0, seed=1),
+                   SamplingParams(max_new_tokens=6, temperature=1.0, top_p=0.5, seed=2)):
+        out = gen.generate(prompts, params)
+        assert all(0 <= t < 200 for c in out for t in c.tokens), params
+    with pytest.raises(ValueError, match="vocab_limit=300"):
+        Generator(model, vocab_limit=300)
+
+
+def test_sampling_settings_compile_nothing_new(pair):
+    _, model = pair
+    gen = Generator(model, batch_size=2, length_bucket=8, steps_per_sync=4)
+    prompt = [5, 6, 7, 8]
+    gen.generate([prompt], SamplingParams(max_new_tokens=9, temperature=0.7, seed=1))
+    compiled = gen.compiled_programs()
+    for kw in (dict(temperature=1.3, top_k=5), dict(temperature=0.0),
+               dict(temperature=0.9, top_p=0.8, top_k=0, seed=4)):
+        gen.generate([prompt], SamplingParams(max_new_tokens=9, **kw))
+    assert gen.compiled_programs() == compiled
+
+
+def test_decode_kernel_choice_is_honoured_or_refused():
+    from lepjax.models.attention import decode_kernels
+
+    kw = dict(length_bucket=64, head_dim=64)
+    assert decode_kernels("auto", "float32", platform="cpu", **kw) == {"prefill": "xla",
+                                                                        "step": "xla"}
+    assert decode_kernels("auto", "bfloat16", platform="gpu", **kw) == {"prefill": "cudnn",
+                                                                         "step": "cudnn"}
+    assert decode_kernels("cudnn", "bfloat16", platform="gpu", **kw)["step"] == "cudnn"
+    assert decode_kernels("auto", "bfloat16", platform="tpu", **kw)["prefill"] == "xla"
+    assert decode_kernels("auto", "bfloat16", platform="tpu", length_bucket=128,
+                          head_dim=64) == {"prefill": "splash", "step": "xla"}
+    for args, words in [(("cudnn", "bfloat16", "cpu", 64, 64), "needs an NVIDIA GPU"),
+                        (("cudnn", "float32", "gpu", 64, 64), "bfloat16 or float16"),
+                        (("cudnn", "bfloat16", "gpu", 64, 12), "multiple of 8"),
+                        (("splash", "bfloat16", "tpu", 64, 64), "length_bucket=64")]:
+        attention, dtype, platform, bucket, hd = args
+        with pytest.raises(ValueError, match=words):
+            decode_kernels(attention, dtype, platform=platform, length_bucket=bucket,
+                           head_dim=hd)
+    # The model's compute setting reaches the generator: cudnn on CPU is refused, not ignored.
+    model = models.create_model(models.get_preset("tiny_llama3"), attention="cudnn",
+                                dtype="bfloat16")
+    with pytest.raises(ValueError, match="attention='cudnn' needs an NVIDIA GPU"):
+        Generator(model)
+
+
+def test_splash_prefill_gives_the_xla_tokens(tmp_path):
+    """attention=splash prefills with the splash kernel (Pallas interpret mode on CPU) and
+    decodes the same greedy tokens as xla; sliding windows and left padding included."""
+    hf = make_hf_model("mistral")
+    hf.save_pretrained(tmp_path)
+    xla, _ = models.load(str(tmp_path), dtype="float32", attention="xla")
+    splash, _ = models.load(str(tmp_path), dtype="float32", attention="splash")
+    prompts = [list(np.random.default_rng(i).integers(3, 256, n)) for i, n in enumerate([5, 9])]
+    params = SamplingParams(max_new_tokens=5)
+    gen = Generator(splash, batch_size=2, length_bucket=128)
+    assert gen.kernels == {"prefill": "splash", "step": "xla"}
+    want = Generator(xla, batch_size=2, length_bucket=128).generate(prompts, params)
+    assert [c.tokens for c in gen.generate(prompts, params)] == [c.tokens for c in want]
+    assert [c.tokens for c in want] == hf_greedy(hf, prompts, 5)

@@ -77,7 +77,8 @@ def test_bf16_and_fp16_checkpoints_load_exactly(hf_dir):
 def test_model_weights_on_random_init_are_not_hf_ones():
     """Sanity: a random lepjax model differs from a HF one (the parity test is not vacuous)."""
     hf = make_hf_model("llama2")
-    model = models.create_model(models.get_preset("tiny_llama2", vocab_size=256, dtype="float32",
-                                                  intermediate_size=96, head_dim=16))
+    model = models.create_model(models.get_preset("tiny_llama2", vocab_size=256,
+                                                  intermediate_size=96, head_dim=16),
+                                dtype="float32")
     tokens = random_tokens(1, 8)
     assert np.abs(np.asarray(model(tokens)) - hf_logits(hf, tokens)).max() > 1e-2

@@ -84,26 +84,59 @@ def test_bad_mesh_fails_clearly_on_every_process(data, tmp_path):
         assert "4 devices are not divisible by the fixed axes' product 3" in text, text[-2000:]
 
 
+def _env():
+    """PATH with this interpreter's `lepjax` first (the launchers validate with it)."""
+    bindir = os.path.dirname(sys.executable)
+    return dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
+
+
+LLAMA = "configs/lep/llama3_8b_ru.py"
+RECIPE = [f"--config.run_dir={'/runs/llama3_ru'}", "--config.train.steps=10"]
+
+
 def test_scripts_parse_and_dry_run_prints_the_commands(tmp_path):
     for name in ("local.sh", "slurm_gpu.sbatch", "tpu_pod.sh"):
         subprocess.run(["bash", "-n", os.path.join(LAUNCH, name)], check=True)
     out = subprocess.run(
-        ["bash", os.path.join(LAUNCH, "slurm_gpu.sbatch"), "configs/lep/x.py",
-         "--config.train.steps=10"], env=dict(os.environ, DRY_RUN="1"), check=True,
-        capture_output=True, text=True).stdout
+        ["bash", os.path.join(LAUNCH, "slurm_gpu.sbatch"), "adapt", LLAMA, *RECIPE],
+        env=dict(_env(), DRY_RUN="1"), check=True, capture_output=True, text=True,
+        cwd=REPO).stdout
     assert ("srun --kill-on-bad-exit=1 --ntasks-per-node=8 --gpus-per-task=1 "
-            "--output=logs/lepjax-dryrun/task_%t.log --label lepjax train "
-            "--config=configs/lep/x.py --config.train.steps=10") in out
+            "--output=logs/lepjax-dryrun/task_%t.log --label lepjax adapt "
+            f"--config={LLAMA} --config.run_dir=/runs/llama3_ru --config.train.steps=10") in out
     out = subprocess.run(
         [os.path.join(LAUNCH, "tpu_pod.sh"), "--tpu", "v4-32", "--zone", "us-central2-b",
-         "--dry-run", "--", "configs/lep/x.py", "--config.train.steps=10"],
-        check=True, capture_output=True, text=True).stdout.splitlines()
+         "--dry-run", "--", "adapt", LLAMA, *RECIPE],
+        check=True, capture_output=True, text=True, env=_env(), cwd=REPO).stdout.splitlines()
     assert out[1].startswith("gcloud compute tpus tpu-vm scp ") and "--worker=all" in out[1]
     assert "pip\\ install" in out[2]
     assert out[3].startswith("gcloud compute tpus tpu-vm ssh v4-32 --zone=us-central2-b "
                              "--worker=all --command=")
-    assert "lepjax\\ train\\ --config=configs/lep/x.py\\ --config.train.steps=10" in out[3]
+    assert f"lepjax\\ adapt\\ --config={LLAMA}\\ --config.run_dir=/runs/llama3_ru" in out[3]
     out = subprocess.run([os.path.join(LAUNCH, "local.sh"), "2", "--cpu-devices", "2",
-                          "--dry-run", "--", "lepjax", "train"], check=True,
-                         capture_output=True, text=True).stdout.splitlines()
+                          "--dry-run", "--", "lepjax", "adapt", "--config=configs/demo.py",
+                          f"--config.run_dir={tmp_path / 'demo'}"], check=True,
+                         capture_output=True, text=True, env=_env(), cwd=REPO).stdout.splitlines()
     assert len(out) == 2 and "LEPJAX_PROCESS_ID=1" in out[1] and "LEPJAX_NUM_PROCESSES=2" in out[1]
+    assert "lepjax adapt --config=configs/demo.py" in out[0]
+    assert not (tmp_path / "demo").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "tpu", "local"])
+def test_launcher_dry_run_refuses_a_wrong_key_before_queueing(launcher, tmp_path):
+    bad = "--config.optim.lrr=1e-4"
+    cmd = {"slurm": ["bash", os.path.join(LAUNCH, "slurm_gpu.sbatch"), "adapt", LLAMA, bad],
+           "tpu": [os.path.join(LAUNCH, "tpu_pod.sh"), "--tpu", "t", "--zone", "z", "--dry-run",
+                   "--", "adapt", LLAMA, bad],
+           "local": [os.path.join(LAUNCH, "local.sh"), "2", "--dry-run", "--", "lepjax", "adapt",
+                     "--config=configs/demo.py", bad]}[launcher]
+    res = subprocess.run(cmd, env=dict(_env(), DRY_RUN="1"), capture_output=True, text=True,
+                         cwd=REPO)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "optim.lrr" in res.stderr and "srun" not in res.stdout and "gcloud" not in res.stdout
+
+
+def test_launchers_refuse_a_config_in_place_of_the_verb():
+    res = subprocess.run(["bash", os.path.join(LAUNCH, "slurm_gpu.sbatch"), LLAMA],
+                         env=dict(_env(), DRY_RUN="1"), capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2 and "the verb comes first" in res.stderr

@@ -45,8 +45,8 @@ def with_rows(model, embed=None, lm_head=None):
 def family(tmp_path_factory):
     root = tmp_path_factory.mktemp("lep")
     rng = np.random.default_rng(0)
-    base = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
-                                                 dtype="float32"), seed=0)
+    base = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000), seed=0,
+                               dtype="float32")
     b_dir = models.save_hf(base, str(root / "B"))
     shutil.copy(MISTRAL_SP, os.path.join(b_dir, "tokenizer.model"))
     # D: vocabulary extended from Russian text, embeddings initialised, then "trained" (perturbed).
@@ -74,10 +74,10 @@ def family(tmp_path_factory):
     h_i = np.concatenate([h_b @ m_out, rng.normal(size=(128, d)) * 0.02])
     inst = with_rows(base, e_i, np.ascontiguousarray(h_i.T))
     i_dir = models.save_hf(inst, str(root / "I"))
-    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.tokenizer import load_vocab
     from lepjax.vocab.writer import write_tokenizer_files
 
-    tok_b = load_tokenizer(b_dir)
+    tok_b = load_vocab(b_dir)
     tok_i = dataclasses.replace(tok_b, pieces=tok_b.pieces + ADDED, sp_proto=None,
                                 special={**tok_b.special, 32000: ADDED[0], 32001: ADDED[1]})
     write_tokenizer_files(tok_i, i_dir)
@@ -100,9 +100,9 @@ def test_instruct_equal_to_base_gives_identity_and_the_donor(family, tmp_path, m
     out = propagate(family["B"], family["B"], family["D"], str(tmp_path / "o"), method=method)
     assert max(out["residuals"].values()) < 1e-6
     e, h = rows(out["output"])
-    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.tokenizer import load_vocab
 
-    tok_d = load_tokenizer(family["D"])
+    tok_d = load_vocab(family["D"])
     learnt = np.array([i for i in range(tok_d.vocab_size) if i not in tok_d.special])
     assert np.abs(e[learnt] - family["e_d"][learnt]).max() <= 1e-5
     assert np.abs(h[learnt] - family["h_d"].T[learnt]).max() <= 1e-5
@@ -113,12 +113,12 @@ def test_instruct_equal_to_base_gives_identity_and_the_donor(family, tmp_path, m
 
 
 def test_conversion_recovers_a_known_matrix_and_swap_keeps_donor_rows(family, tmp_path):
-    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.tokenizer import load_vocab
 
-    vd = load_tokenizer(family["D"]).vocab_size
+    vd = load_vocab(family["D"]).vocab_size
     out = propagate(family["B"], family["I"], family["D"], str(tmp_path / "conv"))
     e, h = rows(out["output"])
-    special = set(load_tokenizer(family["D"]).special)
+    special = set(load_vocab(family["D"]).special)
     learnt = np.array([i for i in range(vd) if i not in special])
     np.testing.assert_allclose(e[learnt], (family["e_d"][learnt].astype(np.float64)
                                            @ family["m_in"]), atol=1e-5)
@@ -135,7 +135,7 @@ def test_conversion_recovers_a_known_matrix_and_swap_keeps_donor_rows(family, tm
 
 
 def test_instruct_tokens_and_chat_template_survive(family, tmp_path):
-    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.tokenizer import load_vocab
 
     inst = str(tmp_path / "I")  # I ends turns with its added <|im_end|> as well as </s>
     shutil.copytree(family["I"], inst)
@@ -146,8 +146,8 @@ def test_instruct_tokens_and_chat_template_survive(family, tmp_path):
         json.dump(cfg, f)
     out = propagate(family["B"], inst, family["D"], str(tmp_path / "o"))
     assert out["added_from_instruct"] == ADDED
-    tok = load_tokenizer(out["output"])
-    vd = load_tokenizer(family["D"]).vocab_size
+    tok = load_vocab(out["output"])
+    vd = load_vocab(family["D"]).vocab_size
     assert tok.pieces[vd:vd + 2] == ADDED
     mc = models.load(out["output"], param_dtype="float32")[1]
     assert mc.eos_token_id == (2, vd + 1) and mc.bos_token_id == 1  # ids in the new vocabulary
@@ -160,6 +160,39 @@ def test_instruct_tokens_and_chat_template_survive(family, tmp_path):
 
     t = Tokenizer.from_file(os.path.join(out["output"], "tokenizer.json"))
     assert t.encode("<|im_start|>user", add_special_tokens=False).ids[0] == vd
+
+
+def test_instruct_saved_by_transformers_keeps_its_chat_tokens_and_eos(family, tmp_path):
+    """I as Hugging Face tools save it (OpenChat-3.5): tokenizer.model beside a tokenizer.json
+    holding the added <|im_start|>/<|im_end|>, <|im_end|> the EOS, through `lepjax propagate`."""
+    from conftest import CHAT_TEMPLATE, hf_instruct_tokenizer
+
+    from lepjax.tokenizer import load_tokenizer
+
+    inst = tmp_path / "I"
+    inst.mkdir()
+    for name in os.listdir(family["I"]):  # the weights, none of lepjax's tokenizer files
+        if not name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(os.path.join(family["I"], name), inst / name)
+    cfg = json.load(open(inst / "config.json"))
+    cfg["eos_token_id"] = 32001  # <|im_end|>
+    json.dump(cfg, open(inst / "config.json", "w"))
+    hf_instruct_tokenizer(inst)
+    assert {"tokenizer.model", "tokenizer.json"} <= set(os.listdir(inst))
+    out = tmp_path / "o"
+    assert main(["propagate", f"--config.base={family['B']}", f"--config.instruct={inst}",
+                 f"--config.donor={family['D']}", f"--config.output_dir={out}"]) == 0
+    vd = load_tokenizer(family["D"]).vocab_size
+    tok = load_tokenizer(str(out))
+    assert tok.pieces[vd:vd + 2] == ADDED and tok.vocab_size == vd + 2
+    assert tok.eos == "<|im_end|>" and tok.eos_id == vd + 1 and tok.bos_id == 1
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert tok.encode("<|im_start|>user\nПривет<|im_end|>")[0] == vd
+    mc = models.load(str(out), param_dtype="float32")[1]
+    assert mc.eos_token_id == vd + 1 and mc.bos_token_id == 1
+    e, h = rows(str(out))
+    np.testing.assert_allclose(e[vd:vd + 2], family["e_i"][32000:32002], atol=1e-7)
+    np.testing.assert_allclose(h[vd:vd + 2], family["h_i"][32000:32002], atol=1e-7)
 
 
 def test_exported_model_loads_in_transformers_with_the_same_logits(family, tmp_path):

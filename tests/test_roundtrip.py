@@ -98,3 +98,59 @@ def test_tokenizer_files_travel_with_the_weights(hf_dir, tmp_path):
     lep, out = str(tmp_path / "lep"), str(tmp_path / "out")
     assert main(["convert", src, lep]) == 0 and main(["convert", lep, out, "--to", "hf"]) == 0
     assert os.path.isfile(os.path.join(out, "tokenizer_config.json"))
+
+
+def test_compute_settings_are_not_stored_with_the_model(tmp_path):
+    """A model trained with attention=splash, dtype=float32 yields a directory that stores the
+    architecture only: loaded without overrides it runs the platform's kernel (xla on CPU) on a
+    length splash refuses (not a multiple of 128)."""
+    splash = models.create_model(models.get_preset("tiny_llama3"), seed=0, attention="splash",
+                                 dtype="float32", remat_policy="none")
+    lep = models.save(splash, str(tmp_path / "lep"))
+    hf = models.save_hf(splash, str(tmp_path / "hf"))
+    with open(os.path.join(lep, "lepjax.json")) as f:
+        stored = json.load(f)["model"]
+    assert not {"dtype", "param_dtype", "attention", "remat_policy"} & set(stored)
+    tokens = random_tokens(1, 40, vocab=512)
+    ref = np.asarray(models.create_model(models.get_preset("tiny_llama3"), seed=0,
+                                         attention="xla", dtype="float32")(tokens))
+    for path in (lep, hf):
+        model, _ = models.load(path)
+        assert model.compute == models.Compute()
+        assert models.attention.resolve_implementation(model.compute.attention,
+                                                       model.compute.dtype) == "xla"
+        model, _ = models.load(path, dtype="float32")
+        np.testing.assert_allclose(np.asarray(model(tokens)), ref, atol=1e-5)
+
+
+def test_model_directory_with_stored_compute_settings_runs_with_the_callers(tmp_path):
+    """lepjax.json files written when compute settings were stored (attention=splash) load with
+    the loading command's settings; a compute key as an architecture override is refused."""
+    path = models.save(models.create_model(models.get_preset("tiny_llama3")), str(tmp_path / "m"))
+    meta_path = os.path.join(path, "lepjax.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["model"].update(dtype="float32", param_dtype="float32", attention="splash",
+                         remat_policy="dots")
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    model, _ = models.load(path, remat_policy="none")
+    assert model.compute == models.Compute(remat_policy="none")
+    model(random_tokens(1, 40, vocab=512))  # splash would refuse a length of 40
+    with pytest.raises(ValueError, match="compute settings, not architecture"):
+        models.get_preset("tiny_llama3", attention="xla")
+    with pytest.raises(ValueError, match="not compute settings"):
+        models.load(path, vocab_size=8)
+
+
+def test_validate_compute_names_the_key_and_the_closest_value():
+    from ml_collections import ConfigDict
+
+    from lepjax.config import ConfigError
+
+    ok = models.validate_compute(ConfigDict(dict(path="", dtype="float32", attention="splash")))
+    assert ok == models.Compute(dtype="float32", attention="splash")
+    for key, bad, close in [("attention", "cudn", "cudnn"), ("dtype", "bfloat61", "bfloat16"),
+                            ("remat_policy", "dot", "dots"), ("param_dtype", "flaot32", "float32")]:
+        with pytest.raises(ConfigError, match=f"model.{key}='{bad}'.*'{close}'"):
+            models.validate_compute(ConfigDict({key: bad}))

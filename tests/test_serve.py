@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lepjax import models, parallel
-from lepjax.augment.openai_client import OpenAITeacher, TeacherError
-from lepjax.augment.teacher import LocalTeacher, Request
+from lepjax.augment.local_teacher import LocalTeacher
+from lepjax.augment.openai_client import OpenAITeacher
+from lepjax.augment.teacher_api import Request, TeacherError
 from conftest import tiny_sp_checkpoint
 
 PROMPTS = ["Привет", "Как дела?", "Москва — столица России и крупнейший город страны.",

@@ -17,8 +17,11 @@ import pytest
 from lepjax import models, parallel
 from lepjax.data.prepare import default_config as prepare_config
 from lepjax.data.prepare import prepare
+from lepjax.config import ConfigError
 from lepjax.train import flops, loop
 from lepjax.train import params as P
+from lepjax.train import run as run_lib
+from lepjax.train import state as state_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -30,7 +33,8 @@ def ru_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "ru"
     cfg = prepare_config()
     cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(os.path.join(HERE, "fixtures", "ru_gsd_dev.txt"),),
-                    output_dir=str(out), num_proc=1))
+                    output_dir=str(out)))
+    cfg.engine.kind = "synchronous"
     prepare(cfg, progress=False)
     return str(out)
 
@@ -122,7 +126,7 @@ def test_frozen_parameters_stay_bit_identical(ru_data, tmp_path, mode):
         cfg.model.path = ""
     before = P.flatten(models.io.pure_params(models.from_config(cfg.model)))
     loop.train(cfg)
-    after = P.flatten(models.io.pure_params(loop.load_run(str(tmp_path / "run"))))
+    after = P.flatten(models.io.pure_params(run_lib.load_run(str(tmp_path / "run"))))
     trained_layers = {0, 1} if mode == "2x2ls" else set()  # tiny_llama2 has 2 layers
     for path, b in before.items():
         a, b = np.asarray(after[path]), np.asarray(b)
@@ -157,38 +161,26 @@ def test_layer_selection_frozen_slices(tmp_path):
 
 def step_setup(mesh, micro_batches=1):
     cfg = loop.default_config()
-    cfg.train.micro_batches = micro_batches
-    cfg.train.loss_chunk = 16
-    model = models.create_model(models.get_preset("tiny_mistral", dtype="float32"), mesh=mesh)
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-    paths = ["/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
-             for p, _ in leaves]
-    flat = dict(zip(paths, [x for _, x in leaves]))
-    sel = P.select("all", paths, 2)
-    trainable, frozen = P.split(flat, sel)
-    from lepjax.train.optim import make_optimizer
-    from lepjax.train.step import StepBuilder
-
-    tx, schedule = make_optimizer(cfg.optim, 10, trainable)
-    builder = StepBuilder(graphdef, treedef, paths, sel, tx, schedule, cfg.train, mesh)
+    cfg.model.update(dict(preset="tiny_mistral", dtype="float32"))
+    cfg.data.update(dict(batch_size=8, seq_len=32))
+    cfg.train.update(dict(micro_batches=micro_batches, loss_chunk=16, steps=10, run_dir="unused"))
+    setup = state_lib.build(cfg, mesh=mesh, rules=parallel.DEFAULT_RULES)
     rng = np.random.default_rng(0)
     batch = {"tokens": rng.integers(0, 512, (8, 32)), "targets": rng.integers(0, 512, (8, 32)),
              "loss_mask": (rng.random((8, 32)) > 0.2).astype(np.float32),
              "segment_ids": np.repeat(np.array([[1] * 20 + [2] * 12]), 8, 0),
              "positions": np.repeat(np.array([list(range(20)) + list(range(12))]), 8, 0)}
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    return builder, trainable, frozen, batch, tx
+    return setup, batch
 
 
 def test_gradient_accumulation_equals_full_batch():
     mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
-    full, trainable, frozen, batch, _ = step_setup(mesh, 1)
+    full, batch = step_setup(mesh, 1)
     accum = step_setup(mesh, 4)[0]
-    g1, m1 = jax.jit(full.grads)(trainable, frozen, batch)
-    g4, m4 = jax.jit(accum.grads)(trainable, frozen, batch)
+    trainable = full.state["trainable"]
+    g1, m1 = jax.jit(full.builder.grads)(trainable, full.frozen, batch)
+    g4, m4 = jax.jit(accum.builder.grads)(trainable, full.frozen, batch)
     assert float(m1["tokens"]) == float(m4["tokens"])
     for k in g1:
         assert float(jnp.abs(g1[k] - g4[k]).max()) <= 1e-5, k
@@ -199,14 +191,54 @@ def test_sharded_step_equals_single_device():
     for shape, devices in [({"fsdp": 1}, jax.devices()[:1]), ({"data": 2, "fsdp": 2, "tensor": 2},
                                                               None)]:
         mesh = parallel.make_mesh(shape, devices=devices)
-        builder, trainable, frozen, batch, tx = step_setup(mesh)
-        state = {"step": jnp.zeros((), jnp.int32), "trainable": trainable,
-                 "opt_state": tx.init(trainable)}
-        new, metrics = jax.jit(builder.train_step)(state, frozen, batch)
+        setup, batch = step_setup(mesh)
+        new, metrics = setup.train_step()(setup.state, setup.frozen, batch)
         results.append((float(metrics["loss"]), jax.device_get(new["trainable"])))
     assert abs(results[0][0] - results[1][0]) <= 1e-5
     for k in results[0][1]:
         assert np.abs(results[0][1][k] - results[1][1][k]).max() <= 1e-5, k
+
+
+def test_every_state_leaf_is_sharded_on_the_mesh():
+    """Explicit shardings for every leaf, Adam's `count` included (issue 18: it lost the mesh)."""
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
+    for abstract in (False, True):
+        cfg = loop.default_config()
+        cfg.model.update(dict(preset="tiny_llama3", dtype="float32"))
+        cfg.data.update(dict(batch_size=8, seq_len=32))
+        cfg.train.update(dict(run_dir="unused", mtp=True, trainable="embed,layers[0]"))
+        cfg.train.lora.rank = 2
+        build = state_lib.build_abstract if abstract else state_lib.build
+        setup = build(cfg, mesh=mesh, rules=parallel.DEFAULT_RULES)
+        leaves = jax.tree_util.tree_leaves_with_path(setup.state_shardings)
+        assert any("count" in jax.tree_util.keystr(p) for p, _ in leaves)
+        for path, sh in leaves:
+            assert isinstance(sh, jax.sharding.NamedSharding) and sh.mesh == mesh, path
+        for path, x in jax.tree_util.tree_leaves_with_path((setup.state, setup.frozen)):
+            assert isinstance(x.sharding, jax.sharding.NamedSharding), path
+            assert x.sharding.mesh == mesh, path
+        moments = [sh for p, sh in leaves if "mu" in jax.tree_util.keystr(p)
+                   and "'embed'" in jax.tree_util.keystr(p)]
+        assert moments and all(sh == setup.state_shardings["trainable"]["embed"] for sh in moments)
+
+
+def test_unshardable_batch_is_an_error_naming_batch_and_mesh():
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
+    cfg = loop.default_config()
+    cfg.data.update(dict(batch_size=12, seq_len=32))
+    cfg.train.run_dir = "unused"
+    with pytest.raises(ConfigError, match=r"data.batch_size=12 .*\['data', 'fsdp'\].*8 devices.*"
+                                          r"'data': 2, 'fsdp': 4"):
+        state_lib.build_abstract(cfg, mesh=mesh)
+    cfg.data.batch_size = 8
+    cfg.train.micro_batches = 2
+    with pytest.raises(ConfigError, match="micro-batch of 4 rows"):
+        state_lib.build_abstract(cfg, mesh=mesh)
+    # The axes the batch is not sharded over do not count.
+    cfg.train.micro_batches = 1
+    cfg.data.batch_size = 2
+    setup = state_lib.build_abstract(cfg, mesh=parallel.make_mesh({"data": 2, "tensor": 4}))
+    assert setup.batch_sharding.spec == jax.sharding.PartitionSpec("data", None)
 
 
 def test_nan_stops_with_clear_error_and_checkpoint_intact(ru_data, tmp_path, monkeypatch):
@@ -224,7 +256,7 @@ def test_nan_stops_with_clear_error_and_checkpoint_intact(ru_data, tmp_path, mon
     monkeypatch.setattr(Loader, "global_batch", staticmethod(poisoned))
     with pytest.raises(loop.NonFiniteLossError, match=r"at step 5; .*checkpoint \(step 4\)"):
         loop.train(config(ru_data, tmp_path / "run", steps=10, save_every=2))
-    model = loop.load_run(str(tmp_path / "run"))
+    model = run_lib.load_run(str(tmp_path / "run"))
     assert all(np.isfinite(np.asarray(x)).all()
                for x in jax.tree.leaves(models.io.pure_params(model)))
 
@@ -232,7 +264,7 @@ def test_nan_stops_with_clear_error_and_checkpoint_intact(ru_data, tmp_path, mon
 def test_mtp_head_trains_and_is_dropped_at_export(ru_data, tmp_path):
     result = loop.train(config(ru_data, tmp_path / "run", steps=3, mtp=True))
     assert "mtp_loss" in result and result["mtp_loss"] > 0
-    model = loop.load_run(str(tmp_path / "run"))
+    model = run_lib.load_run(str(tmp_path / "run"))
     assert "mtp_head" not in P.flatten(models.io.pure_params(model))
 
 
@@ -276,7 +308,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(ru_data, tmp_path):
     b = np.asarray(state["trainable"]["lora/layers/attn/q/b"], np.float64)
     assert np.abs(b).max() > 0  # the adapters trained
     # Export merges W + alpha/r * A.B into layer 0 only (checked in float64 NumPy).
-    merged = P.flatten(models.io.pure_params(loop.load_run(str(run))))
+    merged = P.flatten(models.io.pure_params(run_lib.load_run(str(run))))
     for name in ("layers/attn/q", "layers/attn/v", "layers/mlp/down"):
         a = np.asarray(state["trainable"][f"lora/{name}/a"], np.float64)[0]
         bb = np.asarray(state["trainable"][f"lora/{name}/b"], np.float64)[0]
@@ -287,7 +319,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(ru_data, tmp_path):
     np.testing.assert_array_equal(np.asarray(merged["layers/attn/k"]),
                                   np.asarray(initial["layers/attn/k"]))
     # The merged model exported to HF gives the logits of the unmerged training-time model.
-    model = loop.load_run(str(run))
+    model = run_lib.load_run(str(run))
     out = models.save_hf(model, str(tmp_path / "hf"))
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     from conftest import hf_logits, random_tokens
@@ -308,13 +340,116 @@ def test_eval_reports_loss_and_bits_per_byte(ru_data, tmp_path):
         assert 0 < m["eval_bits_per_byte"] < m["eval_loss"] / np.log(2)
 
 
-def test_token_byte_lengths_sum_to_text_bytes():
-    from lepjax.data.tokenizer import load_tokenizer
+def _reference_logprobs(hidden, head, targets, limit=None):
+    """log p(target) from float64 NumPy logits (columns >= limit dropped)."""
+    logits = np.einsum("btd,dv->btv", np.float64(hidden), np.float64(head))
+    if limit is not None:
+        logits = logits[..., :limit]
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    return np.take_along_axis(logits, targets[..., None], -1)[..., 0] - lse
 
-    tok = load_tokenizer(MISTRAL_SP)
-    table = tok.token_byte_lengths()
+
+def test_chunked_lm_head_loss_matches_float64_reference():
+    from lepjax.models.loss import chunk_size, token_scores
+
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(2, 12, 16)).astype(np.float32)
+    head = rng.normal(size=(16, 40)).astype(np.float32)
+    targets = rng.integers(0, 40, (2, 12))
+    assert chunk_size(12, 5) == 4 and chunk_size(12, 0) == 12
+    ref = _reference_logprobs(hidden, head, targets)
+    for chunk in (1, 5, 12, 100):
+        s = token_scores(jnp.asarray(hidden), jnp.asarray(head), jnp.asarray(targets), chunk=chunk)
+        np.testing.assert_allclose(np.asarray(s.logprob), ref, atol=1e-4)
+        logits = np.einsum("btd,dv->btv", hidden, head)
+        np.testing.assert_array_equal(np.asarray(s.greedy), logits.argmax(-1) == targets)
+
+
+def test_padding_rows_are_excluded_from_the_loss():
+    """Columns >= vocab_limit (embedding padding) get -inf: no probability, no gradient."""
+    from lepjax.models.loss import token_scores
+
+    rng = np.random.default_rng(1)
+    hidden = rng.normal(size=(2, 8, 16)).astype(np.float32)
+    head = rng.normal(size=(16, 48)).astype(np.float32)
+    head[:, 40:] = 5.0  # padding columns with large logits
+    targets = rng.integers(0, 40, (2, 8))
+    ref = _reference_logprobs(hidden, head, targets, limit=40)
+    got = token_scores(jnp.asarray(hidden), jnp.asarray(head), jnp.asarray(targets), chunk=4,
+                       vocab_limit=40)
+    np.testing.assert_allclose(np.asarray(got.logprob), ref, atol=1e-4)
+    unmasked = token_scores(jnp.asarray(hidden), jnp.asarray(head), jnp.asarray(targets), chunk=4)
+    assert np.abs(np.asarray(unmasked.logprob) - ref).max() > 0.1  # the padding did take mass
+
+    def loss(w):
+        return -token_scores(jnp.asarray(hidden), w, jnp.asarray(targets), chunk=4,
+                             vocab_limit=40).logprob.sum()
+
+    g = np.asarray(jax.grad(loss)(jnp.asarray(head)))
+    assert np.all(g[:, 40:] == 0) and np.abs(g[:, :40]).max() > 0
+    with pytest.raises(ValueError, match="vocab_limit=49"):
+        token_scores(jnp.asarray(hidden), jnp.asarray(head), jnp.asarray(targets), vocab_limit=49)
+
+
+@pytest.fixture
+def unreadable_weights(tmp_path):
+    """A HF model directory whose config.json is fine but whose weights cannot be read."""
+    model = models.create_model(models.get_preset("tiny_llama2", vocab_size=32000),
+                                dtype="float32")
+    path = models.save_hf(model, str(tmp_path / "model"))
+    for f in os.listdir(path):
+        if f.endswith(".safetensors"):
+            with open(os.path.join(path, f), "wb") as fh:
+                fh.write(b"not a safetensors file")
+    with pytest.raises(Exception) as e:  # the premise: loading would fail
+        models.load(path)
+    assert not isinstance(e.value, ConfigError)
+    return path
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("train.trainable", "embeding,lm_head", r"train.trainable.*'embeding'.*did you mean.*'embed'"),
+    ("train.trainable", "layers[0,7]", r"train.trainable: layer indices \[7\].*2 layers"),
+    ("optim.schedule", "cosin", r"optim.schedule='cosin'.*did you mean 'cosine'"),
+    ("train.lora.targets", ("q", "gat"), r"train.lora.targets.*'gat'.*did you mean 'gate'"),
+])
+def test_config_typo_fails_before_any_weight_is_read(ru_data, tmp_path, unreadable_weights, key,
+                                                     value, expected):
+    cfg = config(ru_data, tmp_path / "run", steps=2)
+    cfg.model.path = unreadable_weights
+    cfg.train.lora.rank = 2 if key == "train.lora.targets" else 0
+    section, _, name = key.rpartition(".")
+    node = cfg
+    for part in section.split("."):
+        node = node[part]
+    node[name] = value
+    with pytest.raises(ConfigError, match=expected):
+        loop.train(cfg)
+    assert not (tmp_path / "run").exists()  # nothing written either
+
+
+def test_train_eval_bits_per_byte_equals_lepjax_eval(ru_data, tmp_path):
+    """Training's held-out bits per byte is `lepjax eval`'s on the same shards."""
+    from lepjax.eval.bpb import shard_bits_per_byte
+    from lepjax.eval.loglik import Scorer
+    from lepjax.tokenizer import load_tokenizer
+
     with open(os.path.join(HERE, "fixtures", "ru_gsd_test.txt"), encoding="utf-8") as f:
-        lines = f.read().splitlines()[:100]
-    for line, ids in zip(lines, tok.encode_batch(lines)):
-        assert table[ids].sum() == len(line.encode()) + 1  # + SentencePiece's leading space
-    assert table[tok.bos_id] == table[tok.eos_id] == 0
+        lines = [x for x in f.read().splitlines() if 10 < len(x) < 80][:12]
+    (tmp_path / "heldout.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pcfg = prepare_config()
+    pcfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(tmp_path / "heldout.txt"),),
+                     output_dir=str(tmp_path / "heldout")))
+    pcfg.engine.kind = "synchronous"
+    prepare(pcfg, progress=False)
+    cfg = config(ru_data, tmp_path / "run", steps=2, eval_every=2, eval_batches=0)
+    cfg.mesh.update(dict(fsdp=1, tensor=8))  # the batch axes have size 1: one row per batch
+    cfg.data.update(dict(batch_size=1, seq_len=128, eval_paths=(str(tmp_path / "heldout"),)))
+    loop.train(cfg)
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        (m,) = [m for m in map(json.loads, f) if "eval_loss" in m]
+    model = run_lib.load_run(str(tmp_path / "run"), dtype="float32")
+    want = shard_bits_per_byte(model, load_tokenizer(MISTRAL_SP), str(tmp_path / "heldout"),
+                               scorer=Scorer(model, batch_size=4, length_bucket=64))
+    assert want["documents"] == len(lines)
+    assert m["eval_bits_per_byte"] == pytest.approx(want["bits_per_byte"], rel=1e-4)

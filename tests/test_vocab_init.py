@@ -19,14 +19,14 @@ K = 1000
 def mistral_setup(tmp_path_factory):
     """Mistral tokenizer, its k=1000 extension (written), a tiny random model with 32,000 rows (HF)."""
     from lepjax import models
-    from lepjax.vocab import extend, load_tokenizer, save_tokenizer
+    from lepjax.vocab import extend, load_vocab, save_tokenizer
 
     root = tmp_path_factory.mktemp("vocab_init")
-    src = load_tokenizer(mistral_path())
+    src = load_vocab(mistral_path())
     new, summary = extend(src, [RU_TRAIN], K, aux_vocab_size=8000, progress=False)
     tok_dir = save_tokenizer(new, str(root / "tok"), summary)
-    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000,
-                                                  dtype="float32"), seed=1)
+    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32000), seed=1,
+                                dtype="float32")
     ckpt = models.save_hf(model, str(root / "src_hf"))
     return dict(root=root, src=src, new=new, tok_dir=tok_dir, ckpt=ckpt)
 
@@ -190,25 +190,26 @@ def test_llama3_mean_and_tied_embeddings(tmp_path):
     import tiktoken
 
     from lepjax import models
-    from lepjax.vocab import bpe, extend, init_embeddings, load_tokenizer, save_tokenizer
+    from lepjax.tokenizer_convert import piece_to_bytes
+    from lepjax.vocab import extend, init_embeddings, load_vocab, save_tokenizer
 
-    src = load_tokenizer(llama3_path())
+    src = load_vocab(llama3_path())
     new, summary = extend(src, [RU_TRAIN], 200, aux_vocab_size=3000, progress=False)
     tok_dir = save_tokenizer(new, str(tmp_path / "tok"), summary)
     config = models.get_preset("tiny_llama3", vocab_size=128256, hidden_size=32, num_heads=2,
                                num_kv_heads=1, head_dim=16, num_layers=1, intermediate_size=32,
-                               tie_word_embeddings=True, dtype="float32")
-    ckpt = models.save(models.create_model(config), str(tmp_path / "src"))
+                               tie_word_embeddings=True)
+    ckpt = models.save(models.create_model(config, dtype="float32"), str(tmp_path / "src"))
     out = init_embeddings(ckpt, src, new, tok_dir, str(tmp_path / "out"), method="mean",
                           progress=False)
     assert out["tied"] and out["rows"] == 128256 + 256 and out["format"] == "lepjax"
     E, H, _ = _arrays(ckpt)
     E2, H2, _ = _arrays(out["output"])
     assert H is None and H2 is None and np.array_equal(E2[:128256], E)
-    ranks = {bpe.piece_to_bytes(p): i for i, p in enumerate(src.pieces) if i < 128000}
+    ranks = {piece_to_bytes(p): i for i, p in enumerate(src.pieces) if i < 128000}
     enc = tiktoken.Encoding("l3", pat_str=src.pattern, mergeable_ranks=ranks, special_tokens={})
     for t in range(128256, 128256 + 200):
-        ids = enc._encode_single_piece(bpe.piece_to_bytes(new.pieces[t]))
+        ids = enc._encode_single_piece(piece_to_bytes(new.pieces[t]))
         want = E[ids].astype(np.float64).mean(0)
         np.testing.assert_allclose(E2[t], want.astype(np.float32), rtol=1e-6, atol=1e-7)
 
@@ -233,7 +234,6 @@ def test_cli_init_embeddings(mistral_setup, tmp_path):
     import json
 
     import lepjax.cli.main as cli
-    import lepjax.vocab.cli  # noqa: F401
 
     out = tmp_path / "model"
     assert cli.main(["vocab", "init-embeddings", f"--config.tokenizer={mistral_path()}",

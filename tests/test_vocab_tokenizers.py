@@ -40,16 +40,16 @@ def llama3_path():
 
 @pytest.fixture(scope="module")
 def mistral():
-    from lepjax.vocab import load_tokenizer
+    from lepjax.vocab import load_vocab
 
-    return load_tokenizer(mistral_path())
+    return load_vocab(mistral_path())
 
 
 @pytest.fixture(scope="module")
 def llama3():
-    from lepjax.vocab import load_tokenizer
+    from lepjax.vocab import load_vocab
 
-    return load_tokenizer(llama3_path())
+    return load_vocab(llama3_path())
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,8 @@ def test_written_files_agree_with_lepjax(extended, tmp_path):
     import tiktoken
     from tokenizers import Tokenizer
 
-    from lepjax.vocab import bpe, load_tokenizer, save_tokenizer
+    from lepjax.tokenizer_convert import piece_to_bytes
+    from lepjax.vocab import load_vocab, save_tokenizer
 
     texts = RU_HELDOUT + EN[:1500] + EDGE
     for name, (new, summary) in extended.items():
@@ -120,13 +121,13 @@ def test_written_files_agree_with_lepjax(extended, tmp_path):
         hf = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
         enc = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
         assert enc == [new.encode(t) for t in texts]
-        assert load_tokenizer(d).pieces == new.pieces
+        assert load_vocab(d).pieces == new.pieces
         if name == "mistral":
             sp = spm.SentencePieceProcessor(model_file=os.path.join(d, "tokenizer.model"))
             assert sp.get_piece_size() == 32000 + K
             assert sp.encode(texts) == enc
         else:
-            ranks = {bpe.piece_to_bytes(p): i for i, p in enumerate(new.pieces)
+            ranks = {piece_to_bytes(p): i for i, p in enumerate(new.pieces)
                      if i not in new.special}
             tt = tiktoken.Encoding("ext", pat_str=new.pattern, mergeable_ranks=ranks,
                                    special_tokens={p: i for i, p in new.special.items()})
@@ -196,7 +197,6 @@ def test_cli_extend_and_report(tmp_path, capsys):
     import json
 
     import lepjax.cli.main as cli
-    import lepjax.vocab.cli  # noqa: F401  (registers the verb)
 
     with pytest.raises(SystemExit) as e:
         cli.main(["vocab", "--help"])
@@ -211,7 +211,7 @@ def test_cli_extend_and_report(tmp_path, capsys):
             "resolved_config.json"} <= set(os.listdir(tok))
     assert not os.path.exists(tok + ".partial")
     resolved = json.load(open(os.path.join(tok, "resolved_config.json")))
-    assert resolved["extend"]["k"] == 200 and resolved["action"] == "extend"
+    assert resolved["extend"]["k"] == 200 and resolved["command"]["action"] == "extend"
     # An existing output is not replaced without overwrite.
     assert cli.main(["vocab", "extend", f"--config.tokenizer={mistral_path()}",
                      f"--config.corpus={RU_TRAIN}", f"--config.output_dir={tok}",

@@ -14,14 +14,14 @@ speedup. Paths are given as overrides; a task whose data is empty is skipped.
         --config.speed.prompts=/data/ru/prompts.txt
 
 Another language: set --config.tasks.<name>.lang=de (any language the task config has).
-Keys: see lepjax/eval/cli.py default_config (checkpoints, output_dir, dtype, batch_size,
+Keys: see lepjax/eval/evaluate.py default_config (checkpoints, output_dir, dtype, batch_size,
 length_bucket, padding, max_len, max_examples, heldout, efficiency.*, tasks.<name>.{config, data,
 lang, fewshot, fewshot_data, max_new_tokens}, speed.*, mesh.*).
 """
 
 import os
 
-from lepjax.eval.cli import default_config, task_entry
+from lepjax.eval.evaluate import default_config, task_entry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

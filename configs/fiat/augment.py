@@ -18,13 +18,16 @@ Keys (all overridable with --config.section.key=value):
   fiat.max_new_tokens, stop: rationale length limit and stop strings (greedy decoding).
   fiat.tokenizer, add_bos, add_eos: the student's tokenizer and special tokens of tokens/.
   fiat.output_dir, records_per_shard: where text/ and tokens/ go; shard size (resume unit).
+  fiat.seq_len, on_long: the student's row length (= lora_tune's data.seq_len) and what a record
+    that does not fit gets: truncate (x cut, never I_τ, r or y) | error.
+  fiat.on_error: fail | skip records the teacher fails on.
   mesh.*: devices a local teacher is placed on; progress: progress bars.
 See lepjax/augment/fiat.py (fiat_section) for every key.
 """
 
 import os
 
-from lepjax.augment.cli import default_config
+from lepjax.augment.config import default_config
 
 
 def get_config():
@@ -38,4 +41,6 @@ def get_config():
     cfg.fiat.max_new_tokens = 256
     cfg.fiat.stop = ("\n\nInput:",)
     cfg.fiat.records_per_shard = 1000
+    cfg.fiat.seq_len = 2048  # keep equal to configs/fiat/lora_tune.py data.seq_len
+    cfg.fiat.on_long = "truncate"
     return cfg

@@ -1,5 +1,7 @@
 """FIAT inference: the teacher writes a rationale r for each input x, then the LoRA-tuned student
-answers I_τ + x + r; predictions go to a JSONL file (exact match reported when targets exist).
+answers I_τ + x + r; predictions go to a JSONL file (exact match, accuracy and token F1
+reported when targets exist). Rationales and predictions are appended to OUTPUT.rationales.jsonl /
+OUTPUT.predictions.jsonl as they arrive, so a killed run keeps them and a rerun sends only the rest.
 
     lepjax augment fiat-infer --config=configs/fiat/infer.py \
         --config.teacher.path=TEACHER_DIR --config.fiat.inputs=test.jsonl \
@@ -13,6 +15,7 @@ keep them identical), plus
   fiat.infer.output: the predictions JSONL.
   fiat.infer.max_new_tokens, stop: the answer's length limit and stop strings (greedy).
   fiat.infer.dtype, batch_size, length_bucket: how the student is decoded.
+  fiat.infer.lang: the language of the answer normalisation (accuracy, token F1).
 """
 
 import os

@@ -9,7 +9,8 @@ Paper settings: embedding-only LAPT with lr 2e-4, batch 256 x 1,024 tokens, weig
 cosine schedule, 100 warmup steps, one epoch (set train.steps to one epoch of your corpus:
 tokens / 262,144), LEP `conversion`. Reported Russian characters per token: 2.89 -> 3.78 with the
 extended vocabulary. The number of new tokens is not fixed by the paper (check): 10,000 here,
-merges after the original ones, `align` initialisation. Paths are overrides. Keys: lepjax.adapt.
+merges after the original ones, `align` initialisation. Paths are overrides. Keys: lepjax.adapt
+(optim.*, train.*, data.*, mesh.* are `lepjax train`'s; extend.*, init.* are `lepjax vocab`'s).
 """
 
 from lepjax.adapt import default_config
@@ -17,16 +18,18 @@ from lepjax.adapt import default_config
 
 def get_config():
     cfg = default_config()
-    cfg.vocab.k = 10000
-    cfg.vocab.priority = "after"
-    cfg.vocab.aux_vocab_size = 50000
-    cfg.vocab.init_method = "align"
+    cfg.extend.k = 10000
+    cfg.extend.priority = "after"
+    cfg.extend.aux_vocab_size = 50000
+    cfg.init.method = "align"
     cfg.data.seq_len = 1024
     cfg.data.batch_size = 256
-    cfg.train.lr = 2e-4
-    cfg.train.warmup_steps = 100
-    cfg.train.weight_decay = 0.1
+    cfg.optim.lr = 2e-4
+    cfg.optim.schedule = "cosine"
+    cfg.optim.warmup_steps = 100
+    cfg.optim.weight_decay = 0.1
     cfg.train.steps = 10000
+    cfg.train.trainable = "embeddings"
     cfg.model.dtype = "bfloat16"
     cfg.model.remat_policy = "full"
     cfg.propagate.method = "conversion"

@@ -23,5 +23,5 @@ def get_config():
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     cfg = recipe.get_config()
-    cfg.train.lr = 1e-4
+    cfg.optim.lr = 1e-4
     return cfg

@@ -34,6 +34,18 @@ def train_config(cfg: ConfigDict, *, path: str, data: str, run_dir: str,
     return t
 
 
+def run_training(tcfg: ConfigDict) -> dict[str, Any]:
+    """Run (or resume) one training of the pipeline; returns its final metrics.
+
+    Its resolved `lepjax train` config is written into its run directory first, as `lepjax train`
+    would, so each run directory of the pipeline says how it was trained.
+    """
+    from lepjax.train.loop import train
+
+    config_lib.write_resolved(tcfg, tcfg.train.run_dir)
+    return train(tcfg)
+
+
 def prepare_data(cfg: ConfigDict, tokenizer: str, inputs: Sequence[str], out: str,
                  **fields: str) -> str:
     """Tokenise `inputs` into the dataset directory `out` with adapt's `prepare` section."""
@@ -41,17 +53,9 @@ def prepare_data(cfg: ConfigDict, tokenizer: str, inputs: Sequence[str], out: st
 
     p = ConfigDict(cfg.prepare.to_dict())
     p.update(dict(tokenizer=tokenizer, inputs=tuple(inputs), output_dir=out, **fields))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     prepare(p, progress=False)
     return out
-
-
-def export_run(run_dir: str, out: str, tokenizer_from: str, fmt: str = "lepjax") -> str:
-    """The latest checkpoint of the training run `run_dir` as a model directory `out`."""
-    from lepjax import models
-    from lepjax.train.loop import load_run
-
-    save = models.save_hf if fmt == "hf" else models.save
-    return save(load_run(run_dir), out, tokenizer_from=tokenizer_from, overwrite=True)
 
 
 def read_lines(files: Sequence[str], max_lines: int = 0) -> list[str]:
@@ -62,7 +66,3 @@ def read_lines(files: Sequence[str], max_lines: int = 0) -> list[str]:
             out.extend(line.rstrip("\n") for line in f if line.strip())
     return out[:max_lines] if max_lines else out
 
-
-def exists(path: str) -> bool:
-    """Whether `path` exists (a file or a directory)."""
-    return os.path.exists(path)

@@ -1,4 +1,5 @@
-"""The `lepjax augment` config: one layout serves every method; each method reads its section."""
+"""The `lepjax augment` config: one layout serves every method (`fiat.augment`,
+`fiat_infer.infer`, `instruct_pt.synthesize` all take it); each method reads its sections."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ def default_config() -> ConfigDict:
       teacher.*: the teacher (FIAT's θ_β, the instruction synthesizer); see
         lepjax.augment.teacher.teacher_section.
       fiat.*: FIAT augmentation and inference; see lepjax.augment.fiat.fiat_section.
-      instruct_pt.*: instruction synthesis; see lepjax.augment.instruct_pt.instruct_pt_section.
+      synth.*: instruction synthesis; see lepjax.augment.instruct_pt.synth_section.
       progress: show progress bars.
     """
-    from lepjax import config as config_lib
+    from lepjax import parallel
     from lepjax.augment.fiat import fiat_section
-    from lepjax.augment.instruct_pt import instruct_pt_section
+    from lepjax.augment.instruct_pt import synth_section
     from lepjax.augment.teacher import teacher_section
 
-    return ConfigDict(dict(mesh=config_lib.mesh_section(), teacher=teacher_section(),
-                           fiat=fiat_section(), instruct_pt=instruct_pt_section(), progress=True))
+    return ConfigDict(dict(mesh=parallel.mesh_section(), teacher=teacher_section(),
+                           fiat=fiat_section(), synth=synth_section(), progress=True))

@@ -10,7 +10,10 @@
   3. tokens/ gets the prompt/target record (BOS + prompt, target_prefix + y + EOS; loss on the
      target only) in the student's tokenizer: pass tokens/ to `lepjax train` as data.paths.
 
-Finished shards are skipped on a rerun (see lepjax.augment.shards); `lepjax augment fiat-infer`
+A record whose prompt plus target does not fit `seq_len` (the student's training rows) is cut in
+x only, never in the instruction, the rationale or the target, and marked `input_truncated`;
+with `on_long=error` it is refused instead (the loader would otherwise split it and train the
+answer without its prompt). Finished shards are skipped on a rerun (see lepjax.augment.shards); `lepjax augment fiat-infer`
 (lepjax.augment.fiat_infer) runs the teacher and then the tuned student on new inputs.
 """
 
@@ -25,8 +28,9 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from lepjax.augment import shards
-from lepjax.augment.teacher import Request, Teacher
+from lepjax.augment.teacher_api import Request, Teacher
 from lepjax.data import records, sources
+from lepjax.data.prepare import tokenize_examples
 
 log = logging.getLogger("lepjax.augment.fiat")
 
@@ -49,6 +53,10 @@ def fiat_section() -> ConfigDict:
       add_bos, add_eos: BOS before the prompt, EOS after the target.
       output_dir: where text/ and tokens/ go.
       records_per_shard: examples per shard (the unit of resumption).
+      seq_len: the student's training row length (`data.seq_len` of lora_tune): BOS + prompt +
+        target + EOS must fit it.
+      on_long: truncate | error: a record that does not fit `seq_len` is cut in x only
+        (truncate), or refused with an error naming it (error).
       on_error: fail | skip: when the teacher fails on some records of a shard (e.g. a prompt
         beyond its context, an HTTP 400), stop with an error naming them (fail), or leave those
         records out of the shard and go on (skip; logged, counted in the summary). A shard where
@@ -56,17 +64,20 @@ def fiat_section() -> ConfigDict:
       infer: inference (`lepjax augment fiat-infer`):
         student: the tuned student: a `lepjax train` run directory (LoRA merged) or a model dir.
         tokenizer: the student's tokenizer ("" = fiat.tokenizer, else the student directory).
-        output: predictions JSONL to write.
+        output: predictions JSONL to write (rationales and predictions are appended to
+          OUTPUT.rationales.jsonl / OUTPUT.predictions.jsonl as they arrive; a rerun reuses them).
         max_new_tokens, stop: the student's answer length limit and stop strings (greedy).
         dtype, batch_size, length_bucket: how the student is decoded.
+        lang: language of the normalisation of accuracy and token F1 (English drops articles).
     """
     return ConfigDict(dict(
         inputs=(), input_field="input", target_field="target", reasoning_prompt="",
         task_instruction="", task_template=TASK_TEMPLATE, target_prefix=" ",
         max_new_tokens=256, stop=("\n\nInput:",), tokenizer="", add_bos=True, add_eos=True,
-        output_dir="", records_per_shard=1000, on_error="fail",
+        output_dir="", records_per_shard=1000, on_error="fail", seq_len=2048, on_long="truncate",
         infer=dict(student="", tokenizer="", output="", max_new_tokens=64, stop=("\n",),
-                   dtype="bfloat16", batch_size=16, length_bucket=64)))
+                   dtype="bfloat16", batch_size=16, length_bucket=64, lang="en")))
+
 
 
 def load_reasoning_prompt(path: str) -> str:
@@ -99,6 +110,42 @@ def student_prompt(section: Any, x: str, rationale: str) -> str:
             "{input} and {rationale} (double other braces)") from None
 
 
+def record_length(section: Any, tok: Any, prompt: str, target: str) -> int:
+    """Tokens of the prompt/target record (BOS, prompt, target_prefix + target, EOS)."""
+    ids, _ = next(tokenize_examples(tok, [{"prompt": prompt, "target": target}],
+                                    section.add_bos, section.add_eos))
+    return len(ids)
+
+
+def fit_record(section: Any, tok: Any, x: str, rationale: str, target: str, limit: int,
+               name: str) -> tuple[str, bool]:
+    """(x, whether it was cut): x shortened by tokens until the record of I_τ + x + r and
+    `target` has at most `limit` tokens; the instruction, rationale and target are never cut.
+    Raises `AugmentError` naming the record under on_long=error, or when even an empty x does not
+    fit."""
+    if section.on_long not in ("truncate", "error"):
+        raise shards.AugmentError(f"fiat.on_long must be 'truncate' or 'error', got "
+                                  f"{section.on_long!r}")
+    n = record_length(section, tok, student_prompt(section, x, rationale), target)
+    if n <= limit:
+        return x, False
+    if section.on_long == "error":
+        raise shards.AugmentError(f"{name}: prompt + target is {n} tokens, more than {limit} "
+                                  "(fiat.seq_len); raise it, or set fiat.on_long=truncate to cut "
+                                  "the input")
+    ids = tok.encode([x])[0]
+    keep = len(ids) - (n - limit)
+    while keep > 0:
+        cut = tok.decode(ids[:keep])
+        excess = record_length(section, tok, student_prompt(section, cut, rationale), target) \
+            - limit
+        if excess <= 0:
+            return cut, True
+        keep -= max(1, excess)
+    raise shards.AugmentError(f"{name}: the instruction, rationale and target alone need more "
+                              f"than {limit} tokens (fiat.seq_len); raise it")
+
+
 def teacher_request(section: Any) -> Request:
     """The teacher's greedy request for rationales."""
     return Request(max_new_tokens=section.max_new_tokens, temperature=0.0,
@@ -112,17 +159,21 @@ def read_examples(section: Any, need_target: bool = True) -> list[dict[str, str]
         optional=() if need_target else ("target",), what="fiat.inputs")
 
 
-def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) -> dict[str, Any]:
+def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = None
+            ) -> dict[str, Any]:
     """Run (or resume) the FIAT augmentation `cfg.fiat` describes; returns a summary.
 
-    `teacher` defaults to the one `cfg.teacher` describes (loaded only if a shard needs it).
+    `teacher` defaults to the one `cfg.teacher` describes (made only if a shard needs it);
+    `progress` to `cfg.progress`.
     """
     from tqdm import tqdm
 
+    from lepjax.augment.teacher import describe_teacher, make_teacher
     from lepjax.data.prepare import write_shard
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax.tokenizer import load_tokenizer
 
     fc = cfg.fiat
+    progress = cfg.get("progress", True) if progress is None else progress
     for key in ("output_dir", "tokenizer"):
         if not fc[key]:
             raise shards.AugmentError(f"fiat.{key} is not set")
@@ -140,7 +191,8 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
         "task_template": fc.task_template, "target_prefix": fc.target_prefix,
         "max_new_tokens": fc.max_new_tokens, "stop": list(fc.stop),
         "records_per_shard": fc.records_per_shard, "tokenizer": tok.fingerprint(),
-        "add_bos": fc.add_bos, "add_eos": fc.add_eos}, teacher=shards.describe_teacher(cfg))
+        "add_bos": fc.add_bos, "add_eos": fc.add_eos, "seq_len": fc.seq_len,
+        "on_long": fc.on_long}, teacher=describe_teacher(cfg))
     n = fc.records_per_shard
     num_shards = math.ceil(len(examples) / n)
     request = teacher_request(fc)
@@ -148,7 +200,7 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
     if fc.on_error not in ("fail", "skip"):
         raise shards.AugmentError(f"fiat.on_error must be 'fail' or 'skip', got {fc.on_error!r}")
     start, written, skipped, done_records = time.perf_counter(), 0, 0, 0
-    failed_records = 0
+    failed_records = truncated = 0
     try:
         for index in range(num_shards):
             chunk = examples[index * n:(index + 1) * n]
@@ -160,7 +212,7 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
                 rows = shards.read_text_shard(text_dir, index)
             else:
                 if teacher is None:
-                    teacher = shards.load_teacher(cfg)
+                    teacher = make_teacher(cfg)
                 prompts = [teacher_prompt(beta, e["input"]) for e in chunk]
                 names = [f"record {index * n + k} ({e['source']})" for k, e in enumerate(chunk)]
                 rationales = shards.complete_shard(teacher, prompts, request, index, names,
@@ -171,10 +223,13 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
                         failed_records += 1
                         continue
                     r = r.strip()
+                    x, cut = fit_record(fc, tok, e["input"], r, fc.target_prefix + e["target"],
+                                        fc.seq_len, names[k])
+                    truncated += cut
                     rows.append({"index": index * n + k, "source": e["source"],
                                  "instruction": fc.task_instruction, "input": e["input"],
-                                 "rationale": r, "target": e["target"],
-                                 "prompt": student_prompt(fc, e["input"], r)})
+                                 "rationale": r, "target": e["target"], "input_truncated": cut,
+                                 "prompt": student_prompt(fc, x, r)})
                 shards.write_text_shard(text_dir, index, rows)
             write_shard(tok_dir, index, [{"prompt": r["prompt"],
                                           "target": fc.target_prefix + r["target"]} for r in rows],
@@ -189,7 +244,7 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
     seconds = time.perf_counter() - start
     complete = shards.finish(out, num_shards, text_kind="fiat_text", token_kind="prompt_target",
                              tok=tok, add_bos=fc.add_bos, add_eos=fc.add_eos, extra={
-                                 "method": "fiat", "teacher": shards.describe_teacher(cfg),
+                                 "method": "fiat", "teacher": describe_teacher(cfg),
                                  "reasoning_prompt": os.path.abspath(fc.reasoning_prompt),
                                  "sources": [os.path.abspath(p) for p in
                                              sources.expand_inputs(list(_inputs(fc)))]})
@@ -198,7 +253,7 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) 
     return {"output_dir": out, "text": text_dir, "tokens": tok_dir, "records": len(examples),
             "shards_total": num_shards, "shards_written": written, "shards_skipped": skipped,
             "records_per_s": round(done_records / max(seconds, 1e-9), 3), "complete": complete,
-            "records_failed_this_run": failed_records}
+            "records_failed_this_run": failed_records, "records_truncated_this_run": truncated}
 
 
 def _inputs(section: Any) -> list[str]:

@@ -1,9 +1,16 @@
-"""FIAT inference (`lepjax augment fiat-infer`): the teacher writes a rationale r for each input x,
-then the LoRA-tuned student answers I_τ + x + r (the same prompt format it was tuned on).
+"""FIAT inference (`lepjax augment fiat-infer`, library entry point `infer(cfg)`): the teacher writes
+a rationale r for each input x, then the LoRA-tuned student answers I_τ + x + r (the same prompt
+format it was tuned on, x cut as in training when the prompt would not fit `fiat.seq_len` with
+the answer's `max_new_tokens`).
 
-Writes `fiat.infer.output`, one JSON line per input in input order:
-{"index", "source", "input", "rationale", "prompt", "prediction"[, "target"]}; with targets the
-summary reports exact match (predictions and targets compared after stripping whitespace).
+Rationales and predictions are appended to OUTPUT.rationales.jsonl and OUTPUT.predictions.jsonl
+as they arrive (one JSON line each, keyed by input index and a hash of its prompt), so a run that
+is killed or whose teacher fails keeps them, and a rerun sends only the rest. When every input is
+done, `fiat.infer.output` gets one JSON line per input in input order, {"index", "source",
+"input", "rationale", "prompt", "prediction"[, "target"]}, and the two partial files go. With
+targets the summary reports exact match (stripped strings equal), accuracy (equal after SQuAD
+normalisation: case, punctuation, English articles, spaces) and token F1 (SQuAD's bag-of-tokens
+F1), from lepjax.eval.metrics.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import time
 from typing import Any
 
 from lepjax.augment import fiat, shards
-from lepjax.augment.teacher import Teacher
+from lepjax.augment.teacher_api import Teacher, TeacherError
 
 log = logging.getLogger("lepjax.augment.fiat_infer")
 
@@ -23,7 +30,7 @@ log = logging.getLogger("lepjax.augment.fiat_infer")
 def load_student(section: Any, fallback_tokenizer: str = "", mesh=None, rules=None):
     """(model, tokenizer) of `fiat.infer.student`: a `lepjax train` run dir or a model dir."""
     from lepjax import models, parallel
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax.tokenizer import load_tokenizer
 
     path = section.student
     if not path:
@@ -31,10 +38,10 @@ def load_student(section: Any, fallback_tokenizer: str = "", mesh=None, rules=No
                                   "train run directory or a model directory)")
     rules = rules if rules is not None else parallel.DEFAULT_RULES
     tokenizer = section.tokenizer or fallback_tokenizer
-    if os.path.isfile(os.path.join(path, "run_model.json")):
-        from lepjax.train.loop import load_run
+    from lepjax.train.run import is_run_dir, load_run
 
-        model = load_run(path, mesh=mesh, rules=rules)
+    if is_run_dir(path):
+        model = load_run(path, mesh=mesh, rules=rules, dtype=section.dtype)
         if not tokenizer:
             raise shards.AugmentError(f"{path} is a training run: set fiat.infer.tokenizer (or "
                                       "fiat.tokenizer) to the student's tokenizer")
@@ -47,12 +54,87 @@ def load_student(section: Any, fallback_tokenizer: str = "", mesh=None, rules=No
     return model, tok
 
 
-def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) -> dict[str, Any]:
-    """Rationales from the teacher, answers from the student; writes the predictions JSONL."""
-    from lepjax import models, parallel
+class Appender:
+    """An append-only JSONL of {"index", "sha", ...} rows: rows of a killed run are reused when
+    their prompt hash still matches; a line cut short by a kill is ignored."""
+
+    def __init__(self, path: str, shas: list[str]):
+        self.path, self.shas, self.done = path, shas, {}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the last line of a killed run
+                    i = row.get("index")
+                    if isinstance(i, int) and i < len(shas) and row.get("sha") == shas[i]:
+                        self.done[i] = row
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")
+        self._file.write("\n")  # a killed run may have left a partial line
+
+    def add(self, i: int, **values: Any) -> None:
+        """Append (and flush) the row of input `i`."""
+        row = {"index": i, "sha": self.shas[i], **values}
+        self.done[i] = row
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _rationales(teacher_fn, prompts: list[str], request: Any, path: str,
+                sources: list[str], progress: bool) -> list[str]:
+    """The teacher's rationales, appended to `path` as they arrive; those already there (for the
+    same prompts) are reused."""
+    log_ = Appender(path, [shards.sha(p) for p in prompts])
+    if log_.done:
+        log.info("fiat-infer: %d rationales reused from %s", len(log_.done), path)
+    todo = [i for i in range(len(prompts)) if i not in log_.done]
+    try:
+        if todo:
+            teacher_fn().complete([prompts[i] for i in todo], request, progress=progress,
+                                  on_result=lambda k, text: log_.add(todo[k], rationale=text))
+    except TeacherError as e:
+        failed = [todo[k] for k in e.failed]
+        where = ", ".join(f"input {i} ({sources[i]})" for i in failed[:10])
+        raise shards.AugmentError(
+            f"teacher failed on {len(failed)} of {len(prompts)} inputs ({where}): {e}. The "
+            f"{len(log_.done)} rationales it wrote are kept in {path}; a rerun only asks for the "
+            "rest") from e
+    finally:
+        log_.close()
+    return [log_.done[i]["rationale"].strip() for i in range(len(prompts))]
+
+
+def score(rows: list[dict[str, Any]], lang: str = "en") -> dict[str, float]:
+    """exact_match, accuracy and token_f1 (means over the rows that have a target)."""
+    from lepjax.eval import metrics
+
+    scored = [r for r in rows if "target" in r]
+    if not scored:
+        return {}
+    n = len(scored)
+    return {"exact_match": round(sum(r["prediction"] == r["target"].strip()
+                                     for r in scored) / n, 4),
+            "accuracy": round(sum(metrics.exact_match(r["prediction"], r["target"], lang)
+                                  for r in scored) / n, 4),
+            "token_f1": round(sum(metrics.token_f1(r["prediction"], r["target"], lang)
+                                  for r in scored) / n, 4)}
+
+
+def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = None
+          ) -> dict[str, Any]:
+    """Rationales from the teacher, answers from the student; writes the predictions JSONL and
+    returns a summary (with the metrics when the inputs have targets)."""
+    from lepjax import parallel
+    from lepjax.augment.teacher import make_teacher
     from lepjax.generate import Generator, SamplingParams
 
     fc, ic = cfg.fiat, cfg.fiat.infer
+    progress = cfg.get("progress", True) if progress is None else progress
     if not ic.output:
         raise shards.AugmentError("fiat.infer.output is not set (the predictions JSONL)")
     beta = fiat.load_reasoning_prompt(fc.reasoning_prompt)
@@ -60,87 +142,62 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool = True) ->
     examples = fiat.read_examples(fc, need_target=False)
     mesh, rules = parallel.mesh_from_config(cfg.mesh) if "mesh" in cfg else (None, None)
     start = time.perf_counter()
-    if teacher is None:
-        from lepjax.augment.teacher import make_teacher
-
-        teacher = make_teacher(cfg.teacher, mesh=mesh, rules=rules)
     out_path = os.path.abspath(ic.output)
-    rationales = _rationales(teacher, [fiat.teacher_prompt(beta, e["input"]) for e in examples],
-                             fiat.teacher_request(fc), out_path + ".rationales.jsonl",
+
+    def get_teacher() -> Teacher:
+        nonlocal teacher
+        if teacher is None:
+            teacher = make_teacher(cfg)
+        return teacher
+
+    rationales_path = out_path + ".rationales.jsonl"
+    rationales = _rationales(get_teacher, [fiat.teacher_prompt(beta, e["input"])
+                                           for e in examples],
+                             fiat.teacher_request(fc), rationales_path,
                              [e["source"] for e in examples], progress)
     teacher = None  # a local teacher's weights can go before the student loads
     teacher_s = time.perf_counter() - start
     model, tok = load_student(ic, fc.tokenizer, mesh, rules)
-    prompts = [fiat.student_prompt(fc, e["input"], r) for e, r in zip(examples, rationales)]
-    bos = [tok.bos_id] if fc.add_bos and tok.bos_id is not None else []
-    ids = [bos + p for p in tok.encode_batch(prompts)]
-    params = SamplingParams(max_new_tokens=ic.max_new_tokens, temperature=0.0, stop=tuple(ic.stop),
-                            eos_ids=(tok.eos_id,) if tok.eos_id is not None else ())
-    gen = Generator(model, mesh=mesh, rules=rules if rules is not None else _rules(),
-                    batch_size=ic.batch_size, length_bucket=ic.length_bucket)
-    outs = gen.generate(ids, params, tokenizer=tok, progress=progress)
+    prompts = []
+    for k, (e, r) in enumerate(zip(examples, rationales)):
+        x, _ = fiat.fit_record(fc, tok, e["input"], r, "", fc.seq_len - ic.max_new_tokens,
+                               f"input {k} ({e['source']})")
+        prompts.append(fiat.student_prompt(fc, x, r))
+    preds_path = out_path + ".predictions.jsonl"
+    preds = Appender(preds_path, [shards.sha(p) for p in prompts])
+    todo = [i for i in range(len(prompts)) if i not in preds.done]
+    try:
+        if todo:
+            ids = tok.encode([prompts[i] for i in todo], add_bos=fc.add_bos)
+            params = SamplingParams(max_new_tokens=ic.max_new_tokens, temperature=0.0,
+                                    stop=tuple(ic.stop),
+                                    eos_ids=tok.stop_ids)
+            gen = Generator(model, mesh=mesh,
+                            rules=rules if rules is not None else parallel.DEFAULT_RULES,
+                            batch_size=ic.batch_size, length_bucket=ic.length_bucket,
+                            vocab_limit=tok.vocab_size)
+            for b in range(0, len(todo), ic.batch_size):
+                outs = gen.generate(ids[b:b + ic.batch_size], params, tokenizer=tok)
+                for i, o in zip(todo[b:b + ic.batch_size], outs):
+                    preds.add(i, prediction=(o.text or "").strip())
+    finally:
+        preds.close()
+    rows = []
+    for k, (e, r, p) in enumerate(zip(examples, rationales, prompts)):
+        row = {"index": k, "source": e["source"], "input": e["input"], "rationale": r,
+               "prompt": p, "prediction": preds.done[k]["prediction"]}
+        if "target" in e:
+            row["target"] = e["target"]
+        rows.append(row)
     tmp = out_path + f".tmp{os.getpid()}"
-    matches = scored = 0
     with open(tmp, "w", encoding="utf-8") as f:
-        for k, (e, r, p, o) in enumerate(zip(examples, rationales, prompts, outs)):
-            row = {"index": k, "source": e["source"], "input": e["input"], "rationale": r,
-                   "prompt": p, "prediction": (o.text or "").strip()}
-            if "target" in e:
-                row["target"] = e["target"]
-                scored += 1
-                matches += row["prediction"] == e["target"].strip()
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     os.replace(tmp, out_path)
-    if os.path.exists(out_path + ".rationales.jsonl"):
-        os.remove(out_path + ".rationales.jsonl")
+    for path in (rationales_path, preds_path):
+        os.remove(path)
     seconds = time.perf_counter() - start
     log.info("fiat-infer: %d inputs in %.1f s (teacher %.1f s; %.2f inputs/s)", len(examples),
              seconds, teacher_s, len(examples) / max(seconds, 1e-9))
-    summary = {"output": out_path, "inputs": len(examples),
-               "inputs_per_s": round(len(examples) / max(seconds, 1e-9), 3)}
-    if scored:
-        summary["exact_match"] = round(matches / scored, 4)
-    return summary
-
-
-def _rationales(teacher: Teacher, prompts: list[str], request: Any, cache: str,
-                sources: list[str], progress: bool) -> list[str]:
-    """The teacher's rationales; those already in `cache` (from a run that failed part-way, for
-    the same prompts) are reused, and when prompts fail the completed ones are saved there."""
-    from lepjax.augment.teacher import TeacherError
-
-    done: dict[int, str] = {}
-    if os.path.isfile(cache):
-        with open(cache, encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                i = row["index"]
-                if i < len(prompts) and row["prompt_sha"] == shards.sha(prompts[i]):
-                    done[i] = row["rationale"]
-        log.info("fiat-infer: %d rationales reused from %s", len(done), cache)
-    todo = [i for i in range(len(prompts)) if i not in done]
-    try:
-        got = teacher.complete([prompts[i] for i in todo], request, progress=progress) \
-            if todo else []
-        done.update(zip(todo, got))
-    except TeacherError as e:
-        done.update({todo[k]: text for k, text in e.completed.items()})
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        with open(cache + ".tmp", "w", encoding="utf-8") as f:
-            for i in sorted(done):
-                f.write(json.dumps({"index": i, "prompt_sha": shards.sha(prompts[i]),
-                                    "rationale": done[i]}, ensure_ascii=False) + "\n")
-        os.replace(cache + ".tmp", cache)
-        failed = [todo[k] for k in e.failed]
-        where = ", ".join(f"input {i} ({sources[i]})" for i in failed[:10])
-        raise shards.AugmentError(
-            f"teacher failed on {len(failed)} of {len(prompts)} inputs ({where}): {e}. The "
-            f"{len(done)} rationales it wrote are kept in {cache}; a rerun only asks for the "
-            "rest") from e
-    return [done[i].strip() for i in range(len(prompts))]
-
-
-def _rules():
-    from lepjax import parallel
-
-    return parallel.DEFAULT_RULES
+    return {"output": out_path, "inputs": len(examples),
+            "inputs_per_s": round(len(examples) / max(seconds, 1e-9), 3),
+            **score(rows, ic.lang)}

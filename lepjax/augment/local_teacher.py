@@ -13,10 +13,10 @@ from lepjax.augment.teacher_api import OnResult, Prompt, Request, Special, Teach
 
 def encode_prompt(tokenizer, prompt: Prompt, add_bos: bool = True) -> list[int]:
     """Token ids of a prompt: BOS first when `add_bos`, text parts encoded, special parts as ids."""
-    ids = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
+    ids = tokenizer.bos_prefix(add_bos)
     pieces = parts(prompt)
     texts = [p for p in pieces if isinstance(p, str)]
-    encoded = iter(tokenizer.encode_batch(texts)) if texts else iter(())
+    encoded = iter(tokenizer.encode(texts)) if texts else iter(())
     for p in pieces:
         if isinstance(p, Special):
             tid = tokenizer.bos_id if p.name == "bos" else tokenizer.eos_id
@@ -35,7 +35,7 @@ class LocalTeacher:
     def __init__(self, path: str, *, dtype: str = "bfloat16", batch_size: int = 16,
                  length_bucket: int = 64, add_bos: bool = True, mesh=None, rules=None):
         from lepjax import models, parallel
-        from lepjax.data.tokenizer import load_tokenizer
+        from lepjax.tokenizer import load_tokenizer
         from lepjax.generate import Generator
 
         if not path:
@@ -48,7 +48,8 @@ class LocalTeacher:
                              f"model only {self.model.config.vocab_size} embedding rows")
         self.add_bos, self.path, self.batch_size = add_bos, path, batch_size
         self.generator = Generator(self.model, mesh=mesh, rules=rules, batch_size=batch_size,
-                                   length_bucket=length_bucket)
+                                   length_bucket=length_bucket,
+                                   vocab_limit=self.tokenizer.vocab_size)
 
     def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """Token ids of `prompts` as the teacher sees them (see `encode_prompt`)."""
@@ -61,10 +62,10 @@ class LocalTeacher:
 
         if not prompts:
             return []
-        eos = (self.tokenizer.eos_id,) if self.tokenizer.eos_id is not None else ()
         params = SamplingParams(max_new_tokens=request.max_new_tokens,
                                 temperature=request.temperature, top_p=request.top_p,
-                                seed=request.seed, eos_ids=eos, stop=tuple(request.stop))
+                                seed=request.seed, eos_ids=self.tokenizer.stop_ids,
+                                stop=tuple(request.stop))
         encoded = self.encode(prompts)
         context = self.model.config.max_position_embeddings
         fits = [i for i, ids in enumerate(encoded) if len(ids) + request.max_new_tokens <= context]

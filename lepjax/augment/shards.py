@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lepjax.data import records, sources
-from lepjax.data.tokenizer import TextTokenizer
+from lepjax.tokenizer import Tokenizer
 
 FINGERPRINT = "augment.json"
 
@@ -148,7 +148,7 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def finish(out: str, num_shards: int, *, text_kind: str, token_kind: str, tok: TextTokenizer,
+def finish(out: str, num_shards: int, *, text_kind: str, token_kind: str, tok: Tokenizer,
            add_bos: bool, add_eos: bool, extra: Mapping[str, Any]) -> bool:
     """Write both metadata.json files once every shard is complete; returns whether it did."""
     text_dir, tok_dir = os.path.join(out, "text"), os.path.join(out, "tokens")

@@ -50,7 +50,7 @@ def teacher_section() -> ConfigDict:
 
 def special_strings(tokenizer: Any) -> dict[str, str]:
     """{"bos", "eos"} -> the tokenizer's strings of its BOS / EOS tokens (absent when it has none)."""
-    vocab = tokenizer.vocabulary()
+    vocab = tokenizer.pieces
     return {name: vocab[tid] for name, tid in (("bos", tokenizer.bos_id),
                                                 ("eos", tokenizer.eos_id)) if tid is not None}
 
@@ -63,7 +63,7 @@ def _special_text(section: Any, tokenizer: Any = None) -> dict[str, str]:
     if not path and tokenizer is None and section.path and os.path.exists(section.path):
         path = section.path
     if path:
-        from lepjax.data.tokenizer import load_tokenizer
+        from lepjax.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(path)
     return {**(special_strings(tokenizer) if tokenizer is not None else {}), **text}

@@ -18,8 +18,16 @@ def default_config():
 
 
 def validate(args, cfg):
-    if not cfg.run_dir:
-        raise ValueError("set --config.run_dir (where every stage of the adaptation writes)")
+    from lepjax.adapt import validate_config
+
+    validate_config(cfg)
+
+
+def plan(args, cfg):
+    from lepjax.adapt import plan as stage_plan
+    from lepjax.cli.common import device_plan
+
+    return {"output_dir": cfg.run_dir, **stage_plan(cfg), **device_plan(cfg)}
 
 
 def run(args, cfg):

@@ -21,7 +21,7 @@ def add_args(p):
     p.add_argument("method", choices=METHODS,
                    help="fiat: teacher rationales -> text + tokenised prompt/target shards; "
                         "fiat-infer: teacher rationale, then the tuned student's answer; "
-                        "instruct-pt: instruction synthesis -> mixed pre-training shards")
+                        "instruct-pt: instruction synthesis -> token datasets to mix")
     add_config_flag(p, "e.g. configs/fiat/augment.py, configs/fiat/infer.py, "
                        "configs/instruct_pt/domain.py")
 
@@ -38,20 +38,20 @@ def _output_dir(method: str, cfg) -> str:
     if method == "fiat-infer":
         return os.path.dirname(os.path.abspath(cfg.fiat.infer.output)) if cfg.fiat.infer.output \
             else ""
-    return cfg.instruct_pt.output_dir
+    return cfg.synth.output_dir
 
 
 def run(args, cfg):
     if args.method == "fiat":
         from lepjax.augment.fiat import augment
 
-        summary = augment(cfg, progress=cfg.progress)
+        summary = augment(cfg)
     elif args.method == "fiat-infer":
         from lepjax.augment.fiat_infer import infer
 
-        summary = infer(cfg, progress=cfg.progress)
+        summary = infer(cfg)
     else:
-        from lepjax.augment.instruct_pt import run as synthesize
+        from lepjax.augment.instruct_pt import synthesize
 
-        summary = synthesize(cfg, progress=cfg.progress)
+        summary = synthesize(cfg)
     return summary, _output_dir(args.method, cfg)

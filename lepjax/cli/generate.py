@@ -10,20 +10,23 @@ HELP = "decode prompts with a checkpoint (batched, KV cache)"
 
 
 def add_args(p):
-    add_config_flag(p, "keys: lepjax.generate_cli.default_config")
+    add_config_flag(p, "keys: lepjax.generate.files.default_config")
 
 
 def default_config():
-    from lepjax.generate_cli import default_config
+    from lepjax.generate.files import default_config
 
     return default_config()
 
 
 def validate(args, cfg):
+    from lepjax.models import validate_compute
+
     required(cfg, "prompts", "output")
+    validate_compute(cfg.model)
 
 
 def run(args, cfg):
-    from lepjax.generate_cli import run
+    from lepjax.generate.files import generate_file
 
-    return run(cfg), os.path.dirname(os.path.abspath(cfg.output))
+    return generate_file(cfg), os.path.dirname(os.path.abspath(cfg.output))

@@ -31,8 +31,8 @@ def run(args, cfg):
     from lepjax import models, parallel
 
     mesh, rules = parallel.mesh_from_config(cfg.mesh)
-    mc = models.get_preset(args.preset, param_dtype="float32")
-    model = models.create_model(mc, mesh=mesh, rules=rules, seed=args.seed)
+    mc = models.get_preset(args.preset)
+    model = models.create_model(mc, mesh=mesh, rules=rules, seed=args.seed, param_dtype="float32")
     save = models.save_hf if args.format == "hf" else models.save
     out = save(model, args.dst, overwrite=args.overwrite)
     return {"written": out, "preset": args.preset, "format": args.format,

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from lepjax.cli.common import add_config_flag
 
-HELP = "serve a checkpoint on an OpenAI-compatible completions endpoint"
+HELP = "serve a checkpoint on an OpenAI-compatible completions and chat completions endpoint"
 
 
 def add_args(p):
-    add_config_flag(p, "keys: lepjax.serve.default_config; e.g. --config.model.path=DIR "
+    add_config_flag(p, "keys: lepjax.generate.server.default_config; e.g. --config.model.path=DIR "
                        "--config.port=0")
 
 
 def default_config():
-    from lepjax.serve import default_config
+    from lepjax.generate.server import default_config
 
     return default_config()
 
 
-def run(args, cfg):
-    from lepjax.serve import run
+def validate(args, cfg):
+    from lepjax.models import validate_compute
 
-    return run(cfg), None
+    validate_compute(cfg.model)
+
+
+def run(args, cfg):
+    from lepjax.generate.server import serve
+
+    return serve(cfg), None

@@ -17,6 +17,13 @@ def default_config():
     return default_config()
 
 
+def plan(args, cfg):
+    from lepjax.cli.common import device_plan
+
+    return {"output_dir": cfg.train.run_dir, "steps": cfg.train.steps,
+            "seq_len": cfg.data.seq_len, **device_plan(cfg)}
+
+
 def run(args, cfg):
     from lepjax.train.loop import train
 

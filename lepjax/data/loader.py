@@ -4,8 +4,11 @@ Per dataset: a global shuffle of its records with a seed (reshuffled each epoch)
 epochs, then sliced for this process (`records[process_index::process_count]`, so processes read
 disjoint records whose union is every record once per epoch); documents longer than a row are
 split into row-sized pieces; pieces are packed first-fit into rows of `seq_len` tokens. Datasets
-are then mixed row by row with the given weights (rows are full, so token shares follow the
-weights), and rows are batched. Each row holds
+are mixed piece by piece with the given weights, so token shares follow the weights; every
+dataset is taken whole, and one that runs out before the others is repeated (reshuffled) to keep
+its share: with `num_epochs` > 0 the mixture ends once *every* dataset has been read that many
+times, so the smaller ones make more epochs (`Loader.epochs()` reports them). Rows are batched.
+Each row holds
 
     tokens      int32 [seq_len]   input ids (0 in padding)
     targets     int32 [seq_len]   the next token of the same document (0 where there is none)
@@ -93,14 +96,16 @@ class _DocStream:
             self._shuffler = (epoch, _shuffle_fn(self.n, (self.seed + epoch) % 2**32))
         return self._shuffler[1](pos)
 
-    def peek(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The current piece (tokens, loss mask), or None once the last epoch is read."""
+    def finished(self) -> bool:
+        """Whether this stream has read its `num_epochs` (it is still readable: a mixture
+        repeats it while other datasets are unfinished)."""
+        return self.end is not None and self._global(self.k) >= self.end
+
+    def peek(self) -> tuple[np.ndarray, np.ndarray]:
+        """The current piece (tokens, loss mask)."""
         k, L = self.k, self.spec.seq_len
-        if self.end is not None and self._global(k) >= self.end:
-            return None
         if k not in self._cache:
-            ks = [j for j in range(k, k + self.spec.read_block)
-                  if self.end is None or self._global(j) < self.end]
+            ks = list(range(k, k + self.spec.read_block))
             blobs = self.source.__getitems__([self._record_index(self._global(j)) for j in ks])
             self._cache = {j: records.decode(b) for j, b in zip(ks, blobs)}
         rec = self._cache[k]
@@ -143,16 +148,17 @@ class _PackedRowIterator(grain.DatasetIterator):
         self.taken = [int(t) for t in cursor["taken"]]
 
     def _pick(self) -> tuple[int, tuple[np.ndarray, np.ndarray]] | None:
+        """The next piece: from the dataset furthest below its token share; None once every
+        dataset has read its epochs (finished ones are repeated until then)."""
+        if all(s.finished() for s in self.streams):
+            return None
         total = sum(self.taken)
         best = None
         for i, s in enumerate(self.streams):
-            piece = s.peek()
-            if piece is None:
-                continue
             deficit = self.spec.weights[i] * total - self.taken[i]
             if best is None or deficit > best[0]:
-                best = (deficit, i, piece)
-        return None if best is None else (best[1], best[2])
+                best = (deficit, i)
+        return best[1], self.streams[best[1]].peek()
 
     def _pack_round(self) -> None:
         L, B = self.spec.seq_len, self.spec.bins
@@ -287,6 +293,7 @@ class Loader:
         self.seq_len, self.batch_size = seq_len, batch_size
         self.local_batch_size = batch_size // process_count
         self.rows_per_stream = batch_size // streams
+        self._num_streams = streams
         self._iters = {
             j: iter(PackedRows(self.datasets, seq_len=seq_len, seed=seed, shuffle=shuffle,
                                num_epochs=num_epochs, process_index=j, process_count=streams,
@@ -308,6 +315,15 @@ class Loader:
     def __next__(self) -> dict[str, np.ndarray]:
         rows = [next(it) for it in self._iters.values() for _ in range(self.rows_per_stream)]
         return {k: np.stack([r[k] for r in rows]) for k in FEATURES}
+
+    def epochs(self) -> list[float]:
+        """Epochs read so far of each dataset (in `paths` order), by tokens packed into rows
+        (this process's streams stand for all of them)."""
+        out = []
+        for i, ds in enumerate(self.datasets):
+            taken = sum(it.taken[i] for it in self._iters.values())
+            out.append(taken * self._num_streams / len(self._iters) / max(ds.num_tokens, 1))
+        return out
 
     def get_state(self) -> dict[str, Any]:
         """The position of this process's streams (JSON-serialisable)."""

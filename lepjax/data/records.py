@@ -4,7 +4,8 @@ A prepared dataset is a directory:
 
     metadata.json                   schema version, kind, tokenizer, counts, shards, sources, config
     data-00000.array_record         shards of records (ArrayRecord, group_size 1 for random access)
-    data-00000.array_record.json    per-shard completion record (records, tokens, max_tokens)
+    data-00000.array_record.json    per-shard completion record (records, tokens, max_tokens, and
+                                    for `prepare` what made the shard: inputs, tokenizer, settings)
     ...
 
 Every record is one document, encoded as bytes:
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,16 +105,18 @@ class ShardWriter:
         self.tokens += tokens
         self.max_tokens = max(self.max_tokens, tokens)
 
-    def close(self) -> dict[str, int]:
-        """Finish the shard: data renamed into place first, then its completion sidecar."""
+    def close(self, **extra: Any) -> dict[str, Any]:
+        """Finish the shard: data renamed into place first, then its completion sidecar (the
+        counts, plus `extra`, e.g. what made the shard)."""
         self._writer.close()
         os.replace(self.tmp, self.path)
-        info = {"records": self.records, "tokens": self.tokens, "max_tokens": self.max_tokens}
+        info = {"records": self.records, "tokens": self.tokens, "max_tokens": self.max_tokens,
+                **extra}
         write_json_atomic(self.path + ".json", info)
         return info
 
 
-def shard_complete(directory: str, index: int) -> dict[str, int] | None:
+def shard_complete(directory: str, index: int) -> dict[str, Any] | None:
     """The sidecar of a finished shard, or None if the shard is missing or unfinished."""
     path = os.path.join(directory, shard_name(index))
     side = path + ".json"
@@ -136,14 +139,12 @@ def write_json_atomic(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def remove_stale_temp_files(directory: str, mine: Callable[[int], bool] = lambda i: True) -> None:
-    """Delete shard temp files a killed writer left in `directory` (for the shard indices
-    `mine` accepts); finished shards are kept."""
+def remove_stale_temp_files(directory: str) -> None:
+    """Delete shard temp files a killed writer left in `directory`; finished shards are kept."""
     import re
 
     for name in os.listdir(directory):
-        m = re.fullmatch(r"data-(\d+)\.array_record(\.json)?\.tmp\d+", name)
-        if m and mine(int(m.group(1))):
+        if re.fullmatch(r"data-(\d+)\.array_record(\.json)?\.tmp\d+", name):
             os.remove(os.path.join(directory, name))
 
 

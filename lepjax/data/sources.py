@@ -1,18 +1,31 @@
-"""Text inputs for `lepjax prepare`: plain text, JSONL, Parquet and TFDS.
+"""Text inputs for `lepjax prepare`: plain text, JSONL, Parquet and TFDS, cut into chunks.
 
 Each source yields examples in a fixed, deterministic order: `{"text": str}` for documents, or
 `{"prompt": str, "target": str}` for prompt/target pairs.
+
+For parallel preparation an input is first *scanned* into chunks: a chunk names a piece of one
+input (a byte range of a text or JSONL file starting at a line, a Parquet row group, a TFDS index
+range), the number of examples in it, and a hash of its content. `read_chunk` reads exactly those
+examples back, so a task that is handed a chunk reads its input itself. Text files are read as
+UTF-8 lines split at b"\\n" (a trailing "\\r" is dropped); an undecodable byte is an error naming
+the file, the byte offset and the line.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from lepjax.data.records import DataError
+
 FORMATS = ("auto", "text", "jsonl", "parquet", "tfds")
+FIELDS = ("text_mode", "text_field", "prompt_field", "target_field")
+CHUNK_BYTES = 1 << 20  # input bytes per chunk of a text / JSONL file
+TFDS_CHUNK = 10000  # examples per chunk of a TFDS split
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
@@ -37,28 +50,6 @@ def detect_format(path: str) -> str:
             "parquet": "parquet"}.get(ext, "text")
 
 
-def read_text(path: str, mode: str = "line") -> Iterator[dict[str, str]]:
-    """Documents of a text file: one per line (`line`) or separated by blank lines (`paragraph`)."""
-    if mode not in ("line", "paragraph"):
-        raise ValueError(f"text mode {mode!r}; expected 'line' or 'paragraph'")
-    with open(path, encoding="utf-8") as f:
-        if mode == "line":
-            for line in f:
-                line = line.rstrip("\n")
-                if line.strip():
-                    yield {"text": line}
-            return
-        block: list[str] = []
-        for line in f:
-            if line.strip():
-                block.append(line.rstrip("\n"))
-            elif block:
-                yield {"text": "\n".join(block)}
-                block = []
-        if block:
-            yield {"text": "\n".join(block)}
-
-
 def _pick(record: dict[str, Any], where: str, text_field: str, prompt_field: str,
           target_field: str) -> dict[str, str] | None:
     if prompt_field or target_field:
@@ -68,78 +59,274 @@ def _pick(record: dict[str, Any], where: str, text_field: str, prompt_field: str
         return {"prompt": str(record[prompt_field]), "target": str(record[target_field])}
     if text_field not in record:
         raise ValueError(f"{where}: no field {text_field!r} (fields: {sorted(record)}); set "
-                       "text_field")
+                         "text_field")
     text = record[text_field]
     return {"text": str(text)} if text and str(text).strip() else None
+
+
+# ---- text and JSONL: lines -------------------------------------------------------------------
+
+
+def _lines(path: str, start: int, end: int, first_line: int) -> Iterator[tuple[int, int, str]]:
+    """(byte offset, line number, text without its line break) of the lines starting in
+    [start, end) of a file; `start` is a line start, `first_line` its number."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos, n = start, first_line
+        while pos < end:
+            raw = f.readline()
+            if not raw:
+                return
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not UTF-8 text at byte {pos + e.start} (line {n}): "
+                                f"{raw[e.start:e.start + 4]!r}") from None
+            line = line[:-1] if line.endswith("\n") else line
+            yield pos, n, line[:-1] if line.endswith("\r") else line
+            pos, n = pos + len(raw), n + 1
+
+
+class _LineParser:
+    """Examples of consecutive lines of one file, in one format (`feed`, then `flush`)."""
+
+    def __init__(self, path: str, fmt: str, fields: dict[str, str]):
+        mode = fields.get("text_mode", "line")
+        if fmt == "text" and mode not in ("line", "paragraph"):
+            raise ValueError(f"text mode {mode!r}; expected 'line' or 'paragraph'")
+        if fmt == "text" and (fields.get("prompt_field") or fields.get("target_field")):
+            raise ValueError(f"{path}: prompt/target fields need JSONL or Parquet input")
+        self.path, self.fmt, self.fields = path, fmt, fields
+        self.paragraphs = fmt == "text" and mode == "paragraph"
+        self.block: list[str] = []
+
+    def feed(self, n: int, line: str) -> list[dict[str, str]]:
+        """The examples line number `n` completes."""
+        blank = not line.strip()
+        if self.paragraphs:
+            if not blank:
+                self.block.append(line)
+                return []
+            return self.flush()
+        if blank:
+            return []
+        if self.fmt == "text":
+            return [{"text": line}]
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.path}:{n}: invalid JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{self.path}:{n}: a JSON object expected, got "
+                             f"{type(record).__name__}")
+        ex = _pick(record, f"{self.path}:{n}", self.fields.get("text_field", "text"),
+                   self.fields.get("prompt_field", ""), self.fields.get("target_field", ""))
+        return [ex] if ex else []
+
+    def flush(self) -> list[dict[str, str]]:
+        """The example still open (a paragraph), if any."""
+        out = [{"text": "\n".join(self.block)}] if self.block else []
+        self.block = []
+        return out
+
+
+def _scan_lines(path: str, fmt: str, fields: dict[str, str]) -> list[dict[str, Any]]:
+    parser = _LineParser(path, fmt, fields)
+    size = os.path.getsize(path)
+    chunks: list[dict[str, Any]] = []
+    chunk = {"start": 0, "line": 1, "count": 0}
+    h = hashlib.blake2b(digest_size=16)
+    prev_blank = True
+
+    def close(end: int) -> None:
+        chunks.append({"path": path, "format": fmt, "bytes": size, **chunk, "end": end,
+                       "sha": h.hexdigest()})
+
+    for pos, n, line in _lines(path, 0, size, 1):
+        blank = not line.strip()
+        boundary = pos - chunk["start"] >= CHUNK_BYTES and (
+            not parser.paragraphs or (prev_blank and not blank))
+        if boundary:
+            chunk["count"] += len(parser.flush())
+            close(pos)
+            chunk = {"start": pos, "line": n, "count": 0}
+            h = hashlib.blake2b(digest_size=16)
+        h.update(line.encode("utf-8") + b"\n")
+        chunk["count"] += len(parser.feed(n, line))
+        prev_blank = blank
+    chunk["count"] += len(parser.flush())
+    close(size)
+    return chunks
+
+
+def read_text(path: str, mode: str = "line") -> Iterator[dict[str, str]]:
+    """Documents of a text file: one per line (`line`) or separated by blank lines (`paragraph`)."""
+    yield from _read_lines(path, "text", {"text_mode": mode}, 0, os.path.getsize(path), 1)
 
 
 def read_jsonl(path: str, text_field: str = "text", prompt_field: str = "",
                target_field: str = "") -> Iterator[dict[str, str]]:
     """Records of a JSONL file: a text field, or prompt and target fields."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
-            ex = _pick(record, f"{path}:{n}", text_field, prompt_field, target_field)
-            if ex:
-                yield ex
+    fields = {"text_field": text_field, "prompt_field": prompt_field, "target_field": target_field}
+    yield from _read_lines(path, "jsonl", fields, 0, os.path.getsize(path), 1)
 
 
-def read_parquet(path: str, text_field: str = "text", prompt_field: str = "",
-                 target_field: str = "") -> Iterator[dict[str, str]]:
-    """Rows of a Parquet file, read in record batches."""
+def _read_lines(path: str, fmt: str, fields: dict[str, str], start: int, end: int,
+                first_line: int) -> Iterator[dict[str, str]]:
+    parser = _LineParser(path, fmt, fields)
+    for _, n, line in _lines(path, start, end, first_line):
+        yield from parser.feed(n, line)
+    yield from parser.flush()
+
+
+# ---- Parquet: row groups ---------------------------------------------------------------------
+
+
+def _parquet(path: str, fields: dict[str, str]):
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise ImportError("reading Parquet needs pyarrow: pip install pyarrow") from None
-    columns = [c for c in (prompt_field, target_field) if c] or [text_field]
-    pf = pq.ParquetFile(path)
+    columns = [fields[c] for c in ("prompt_field", "target_field") if fields.get(c)] or [
+        fields.get("text_field", "text")]
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a corrupt file
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     missing = [c for c in columns if c not in pf.schema_arrow.names]
     if missing:
         raise ValueError(f"{path}: no column {missing[0]!r} (columns: {pf.schema_arrow.names})")
-    for batch in pf.iter_batches(columns=columns):
-        for row in batch.to_pylist():
-            ex = _pick(row, path, text_field, prompt_field, target_field)
-            if ex:
-                yield ex
+    return pf, columns
+
+
+def _row_group(path: str, fields: dict[str, str], group: int) -> tuple[list[dict], Any]:
+    pf, columns = _parquet(path, fields)
+    try:
+        rows = pf.read_row_group(group, columns=columns).to_pylist()
+    except Exception as e:
+        raise DataError(f"{path}: row group {group} cannot be read ({e})") from None
+    examples = [_pick(row, f"{path} (row group {group})", fields.get("text_field", "text"),
+                      fields.get("prompt_field", ""), fields.get("target_field", ""))
+                for row in rows]
+    return [ex for ex in examples if ex], rows
+
+
+def _scan_parquet(path: str, fields: dict[str, str]) -> list[dict[str, Any]]:
+    pf, _ = _parquet(path, fields)
+    chunks = []
+    for g in range(pf.num_row_groups):
+        examples, rows = _row_group(path, fields, g)
+        sha = hashlib.blake2b(json.dumps(rows, sort_keys=True, default=str).encode(),
+                              digest_size=16).hexdigest()
+        chunks.append({"path": path, "format": "parquet", "bytes": os.path.getsize(path),
+                       "row_group": g, "count": len(examples), "sha": sha})
+    return chunks
+
+
+def read_parquet(path: str, text_field: str = "text", prompt_field: str = "",
+                 target_field: str = "") -> Iterator[dict[str, str]]:
+    """Rows of a Parquet file, read a row group at a time."""
+    fields = {"text_field": text_field, "prompt_field": prompt_field, "target_field": target_field}
+    pf, _ = _parquet(path, fields)
+    for g in range(pf.num_row_groups):
+        yield from _row_group(path, fields, g)[0]
+
+
+# ---- TFDS: index ranges ----------------------------------------------------------------------
+
+
+def _tfds_source(name: str, split: str, data_dir: str | None):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError("TFDS sources need the tfds extra: pip install 'lepjax[tfds]'") from None
+    return tfds.data_source(name, split=split, data_dir=data_dir or None)
+
+
+def tfds_size(name: str, split: str = "train", data_dir: str | None = None) -> int:
+    """Number of examples of a TFDS split."""
+    return len(_tfds_source(name, split, data_dir))
+
+
+def _tfds_range(name: str, split: str, data_dir: str | None, start: int, end: int,
+                fields: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    source = _tfds_source(name, split, data_dir)
+    records, examples = [], []
+    for i in range(start, end):
+        record = {k: (v.decode("utf-8") if isinstance(v, bytes) else v)
+                  for k, v in source[i].items()}
+        records.append(record)
+        ex = _pick(record, f"tfds:{name}[{i}]", fields.get("text_field", "text"),
+                   fields.get("prompt_field", ""), fields.get("target_field", ""))
+        if ex:
+            examples.append(ex)
+    return examples, records
+
+
+def scan_tfds(name: str, split: str, data_dir: str, start: int, end: int,
+              fields: dict[str, str]) -> list[dict[str, Any]]:
+    """The chunk of TFDS examples [start, end)."""
+    examples, recs = _tfds_range(name, split, data_dir, start, end, fields)
+    sha = hashlib.blake2b(json.dumps(recs, sort_keys=True, default=str).encode(),
+                          digest_size=16).hexdigest()
+    return [{"tfds": name, "split": split, "data_dir": data_dir, "format": "tfds",
+             "start": start, "end": end, "count": len(examples), "sha": sha}]
 
 
 def read_tfds(name: str, split: str = "train", data_dir: str | None = None, text_field: str = "text",
               prompt_field: str = "", target_field: str = "") -> Iterator[dict[str, str]]:
     """Examples of a TFDS dataset through `tfds.data_source` (needs the `tfds` extra)."""
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise ImportError("TFDS sources need the tfds extra: pip install 'lepjax[tfds]'") from None
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None)
-    for i in range(len(source)):
-        record = {k: (v.decode("utf-8") if isinstance(v, bytes) else v)
-                  for k, v in source[i].items()}
-        ex = _pick(record, f"tfds:{name}[{i}]", text_field, prompt_field, target_field)
-        if ex:
-            yield ex
+    fields = {"text_field": text_field, "prompt_field": prompt_field, "target_field": target_field}
+    n = tfds_size(name, split, data_dir)
+    for start in range(0, n, TFDS_CHUNK):
+        yield from _tfds_range(name, split, data_dir, start, min(start + TFDS_CHUNK, n),
+                               fields)[0]
+
+
+# ---- chunks ----------------------------------------------------------------------------------
+
+
+def scan_file(path: str, fmt: str, fields: dict[str, str]) -> list[dict[str, Any]]:
+    """The chunks of one input file (`fmt` text, jsonl or parquet), in order."""
+    if fmt == "parquet":
+        return _scan_parquet(path, fields)
+    return _scan_lines(path, fmt, fields)
+
+
+def read_chunk(chunk: dict[str, Any], fields: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The examples of a chunk `scan_file` / `scan_tfds` made, in order."""
+    if chunk["format"] == "parquet":
+        yield from _row_group(chunk["path"], fields, chunk["row_group"])[0]
+    elif chunk["format"] == "tfds":
+        yield from _tfds_range(chunk["tfds"], chunk["split"], chunk["data_dir"], chunk["start"],
+                               chunk["end"], fields)[0]
+    else:
+        if os.path.getsize(chunk["path"]) != chunk["bytes"]:
+            raise DataError(f"{chunk['path']} changed size while being prepared "
+                            f"({chunk['bytes']} bytes when scanned)")
+        yield from _read_lines(chunk["path"], chunk["format"], fields, chunk["start"],
+                               chunk["end"], chunk["line"])
+
+
+def file_formats(cfg: Any) -> list[tuple[str, str]]:
+    """(absolute path, format) of every input file a `prepare`-style config names, in order."""
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format {cfg.format!r}; expected one of {', '.join(FORMATS)}")
+    return [(os.path.abspath(p), detect_format(p) if cfg.format == "auto" else cfg.format)
+            for p in expand_inputs(list(cfg.inputs))]
 
 
 def iterate(cfg: Any) -> Iterator[dict[str, str]]:
     """All examples of the inputs a `prepare` config names, in a deterministic order."""
-    fields = dict(text_field=cfg.text_field, prompt_field=cfg.prompt_field,
-                  target_field=cfg.target_field)
+    fields = {k: cfg[k] for k in FIELDS}
     if cfg.format == "tfds":
-        yield from read_tfds(cfg.tfds_name, cfg.tfds_split, cfg.tfds_data_dir or None, **fields)
+        yield from read_tfds(cfg.tfds_name, cfg.tfds_split, cfg.tfds_data_dir or None,
+                             fields["text_field"], fields["prompt_field"], fields["target_field"])
         return
-    if cfg.format not in FORMATS:
-        raise ValueError(f"format {cfg.format!r}; expected one of {FORMATS}")
-    for path in expand_inputs(list(cfg.inputs)):
-        fmt = detect_format(path) if cfg.format == "auto" else cfg.format
-        if fmt == "text":
-            if cfg.prompt_field or cfg.target_field:
-                raise ValueError(f"{path}: prompt/target fields need JSONL or Parquet input")
-            yield from read_text(path, cfg.text_mode)
-        elif fmt == "jsonl":
-            yield from read_jsonl(path, **fields)
+    for path, fmt in file_formats(cfg):
+        if fmt == "parquet":
+            pf, _ = _parquet(path, fields)
+            for g in range(pf.num_row_groups):
+                yield from _row_group(path, fields, g)[0]
         else:
-            yield from read_parquet(path, **fields)
+            yield from _read_lines(path, fmt, fields, 0, os.path.getsize(path), 1)

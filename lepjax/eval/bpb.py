@@ -3,8 +3,9 @@
 Each document (a non-blank line of a text file, read as `lepjax prepare` reads it, or one record
 of a prepared dataset) is encoded with the model's tokenizer, BOS first; every token after BOS is
 scored, and the summed cross-entropy (nats) is divided by ln 2 and by the UTF-8 bytes (or the
-characters) of the documents themselves, so two models with different tokenizers are measured on
-the same denominator. Per-token perplexity is reported too, but only compares models that share
+characters) of the documents themselves (`lepjax.models.loss.bits_per_byte`, the definition
+training's evaluation uses too), so two models with different tokenizers are measured on the same
+denominator. Per-token perplexity is reported too, but only compares models that share
 a tokenizer.
 
 Shards are scored as the text they hold, so a text file and the shards prepared from it give the
@@ -23,11 +24,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from lepjax.eval.loglik import Scorer
+from lepjax.models import loss as loss_lib
 
 
 def _summary(nats: float, ntok: int, nbytes: int, nchars: int, docs: int) -> dict[str, float]:
     bits = nats / math.log(2)
-    return {"bits_per_byte": bits / nbytes, "bits_per_char": bits / nchars,
+    return {"bits_per_byte": loss_lib.bits_per_byte(nats, nbytes), "bits_per_char": bits / nchars,
             "nats_per_token": nats / max(ntok, 1), "perplexity": math.exp(nats / max(ntok, 1)),
             "tokens": ntok, "bytes": nbytes, "chars": nchars, "documents": docs}
 
@@ -44,7 +46,7 @@ def _score_documents(scorer: Scorer, bos_id: int | None, docs: Sequence[Sequence
                            desc=desc)
     nats = -sum(r[0] for r in results)
     ntok = sum(len(seqs[i]) - start for i in keep)
-    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    nbytes = loss_lib.text_bytes(texts)
     nchars = sum(len(t) for t in texts)
     if nbytes == 0:
         raise ValueError(f"{desc}: the documents hold no text")
@@ -60,14 +62,14 @@ def bits_per_byte(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
                   desc: str = "bits per byte") -> dict[str, float]:
     """{"bits_per_byte", "bits_per_char", "nats_per_token", "perplexity", "tokens", "bytes", ...}.
 
-    `tokenizer` is a `lepjax.data.tokenizer.TextTokenizer`; blank texts are skipped. Documents
+    `tokenizer` is a `lepjax.tokenizer.Tokenizer`; blank texts are skipped. Documents
     must fit `max_len` tokens (a ValueError says when one does not). `scorer` reuses a `Scorer`
     (and its compiled shapes) instead of building one.
     """
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise ValueError(f"{desc}: no text to evaluate")
-    docs = tokenizer.encode_batch(list(texts))
+    docs = tokenizer.encode(list(texts))
     return _score_documents(_scorer(model, scorer, batch_size, max_len), tokenizer.bos_id, docs,
                             texts, progress, desc)
 
@@ -115,7 +117,7 @@ def shard_bits_per_byte(model, tokenizer, path: str, *, batch_size: int = 16,
     For prompt/target records only the target tokens count, as their own document.
     """
     from lepjax.data.records import DataError
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax.tokenizer import load_tokenizer
 
     docs, meta = read_shard_documents(path, max_documents)
     info = meta.get("tokenizer", {})
@@ -123,7 +125,7 @@ def shard_bits_per_byte(model, tokenizer, path: str, *, batch_size: int = 16,
     content = [[int(t) for t in d if int(t) not in specials] for d in docs]
     desc = f"bits per byte {os.path.basename(os.path.normpath(path))}"
     if info.get("fingerprint") == tokenizer.fingerprint():
-        texts = [tokenizer.decode(c) for c in content]
+        texts = loss_lib.scored_text(tokenizer.decode, content)
         keep = [i for i, t in enumerate(texts) if t.strip()]
         return _score_documents(_scorer(model, scorer, batch_size, max_len), tokenizer.bos_id,
                                 [content[i] for i in keep], [texts[i] for i in keep], progress,
@@ -133,7 +135,7 @@ def shard_bits_per_byte(model, tokenizer, path: str, *, batch_size: int = 16,
                         f"({info.get('path')!r}, fingerprint {info.get('fingerprint')}), which "
                         "is not there to decode the records with")
     theirs = load_tokenizer(info["path"])
-    texts = [theirs.decode(c) for c in content]
+    texts = loss_lib.scored_text(theirs.decode, content)
     return bits_per_byte(model, tokenizer, texts, batch_size=batch_size, max_len=max_len,
                          scorer=scorer, progress=progress, desc=desc)
 

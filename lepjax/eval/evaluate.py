@@ -54,9 +54,9 @@ def default_config() -> ConfigDict:
         by every checkpoint (empty = no speed comparison).
       speed.max_new_tokens, speed.stop: greedy decoding limit and stop strings.
       speed.baseline: checkpoint label the ratios divide by (empty = the first).
-      mesh.*: device mesh (see lepjax.config).
+      mesh.*: device mesh (see lepjax.parallel.mesh_section).
     """
-    from lepjax import config as config_lib
+    from lepjax.parallel import mesh_section
 
     return ConfigDict(dict(
         checkpoints=(), output_dir="", overwrite=False, dtype="bfloat16", batch_size=16,
@@ -66,7 +66,7 @@ def default_config() -> ConfigDict:
         tasks=ConfigDict(),
         speed=ConfigDict(dict(prompts="", prompt_field="prompt", max_new_tokens=128, stop=(),
                               baseline="")),
-        mesh=config_lib.mesh_section()))
+        mesh=mesh_section()))
 
 
 def task_entry() -> ConfigDict:
@@ -162,14 +162,13 @@ def _efficiency(tok, inputs, max_lines: int) -> dict[str, dict[str, Any]]:
 
 def evaluate(cfg: ConfigDict) -> dict[str, Any]:
     """Evaluate every checkpoint as `cfg` describes; write the report; return a summary."""
-    from lepjax import models
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax import models, parallel
+    from lepjax.tokenizer import load_tokenizer
     from lepjax.eval import report, speed
     from lepjax.eval.bpb import heldout_bits_per_byte
     from lepjax.eval.loglik import Scorer
     from lepjax.eval.task_eval import evaluate_task
-    from lepjax.generate import Generator
-    from lepjax.generate_cli import read_prompts
+    from lepjax.generate import Generator, read_prompts
 
     checkpoints = parse_checkpoints(cfg.checkpoints)
     if not cfg.output_dir:
@@ -188,7 +187,7 @@ def evaluate(cfg: ConfigDict) -> dict[str, Any]:
                    if cfg.speed.prompts else [])
     if cfg.max_examples:
         speed_texts = speed_texts[:cfg.max_examples]
-    mesh, rules = models.mesh_from_config(cfg.mesh)
+    mesh, rules = parallel.mesh_from_config(cfg.mesh)
     results: dict[str, Any] = {"checkpoints": {}, "language_modelling": {}, "efficiency": {},
                                "tasks": {}}
     decoded: dict[str, list] = {}
@@ -211,7 +210,7 @@ def evaluate(cfg: ConfigDict) -> dict[str, Any]:
         scorer = Scorer(model, mesh=mesh, rules=rules, batch_size=cfg.batch_size,
                         length_bucket=cfg.length_bucket, padding=cfg.padding, max_len=max_len)
         generator = Generator(model, mesh=mesh, rules=rules, batch_size=cfg.batch_size,
-                              length_bucket=cfg.length_bucket)
+                              length_bucket=cfg.length_bucket, vocab_limit=tok.vocab_size)
         for name, src in _names(cfg.heldout).items():
             results["language_modelling"].setdefault(name, {})[label] = heldout_bits_per_byte(
                 model, tok, src, text_mode=cfg.heldout_text_mode, max_documents=cfg.max_examples,
@@ -230,7 +229,7 @@ def evaluate(cfg: ConfigDict) -> dict[str, Any]:
             report.write_jsonl(os.path.join(out_dir, "predictions", name, f"{label}.jsonl"), preds)
         if speed_texts:
             speed_gen = Generator(model, mesh=mesh, rules=rules, batch_size=1,
-                                  length_bucket=cfg.length_bucket)
+                                  length_bucket=cfg.length_bucket, vocab_limit=tok.vocab_size)
             decoded[label] = speed.decode_timed(speed_gen, tok, speed_texts,
                                                 cfg.speed.max_new_tokens, tuple(cfg.speed.stop),
                                                 progress=cfg.progress)

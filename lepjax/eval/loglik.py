@@ -7,8 +7,10 @@ padded to a multiple of `length_bucket`, so a handful of compiled shapes serve a
 
 Padding goes on the right (causal attention never sees it) or on the left (padding is its own
 segment, positions restart at the first real token); either way a request's score does not depend
-on the batch it lands in. Log-probabilities come from float32 logits formed `chunk` positions at a
-time, so a large vocabulary never materialises [batch, length, vocab] at once.
+on the batch it lands in. Log-probabilities come from the LM-head loss training uses
+(`lepjax.models.loss.token_scores`: float32 logits formed `chunk` positions at a time, so a large
+vocabulary never materialises [batch, length, vocab] at once; head rows at or beyond
+`vocab_limit`, the embedding's padding, get no probability).
 
     scorer = Scorer(model, batch_size=16)
     logprob, greedy = scorer.score([[1, 5, 9, 3]], starts=[2])[0]   # log p(9, 3 | 1, 5)
@@ -26,19 +28,17 @@ import numpy as np
 from flax import nnx
 
 from lepjax import parallel
+from lepjax.models.loss import token_scores
 
 log = logging.getLogger("lepjax.eval")
-
-
-def _chunk_size(length: int, limit: int = 256) -> int:
-    return next(c for c in range(min(limit, length), 0, -1) if length % c == 0)
 
 
 class Scorer:
     """Scores (tokens, start) requests with one model; compiles once per padded batch shape."""
 
     def __init__(self, model, *, mesh=None, rules=parallel.DEFAULT_RULES, batch_size: int = 16,
-                 length_bucket: int = 64, padding: str = "right", max_len: int = 0):
+                 length_bucket: int = 64, padding: str = "right", max_len: int = 0,
+                 chunk: int = 256, vocab_limit: int | None = None):
         if padding not in ("right", "left"):
             raise ValueError(f"padding {padding!r}; expected 'right' or 'left'")
         if batch_size <= 0 or length_bucket <= 0:
@@ -47,6 +47,7 @@ class Scorer:
         self.mesh, self.rules = mesh, rules
         self.batch_size, self.length_bucket, self.padding = batch_size, length_bucket, padding
         self.max_len = max_len or model.config.max_position_embeddings
+        self.chunk, self.vocab_limit = chunk, vocab_limit
         self._score = jax.jit(self._score_fn)
 
     def _score_fn(self, state, tokens, targets, mask, segment_ids, positions):
@@ -54,21 +55,10 @@ class Scorer:
             m = nnx.merge(self.graphdef, state)
             hidden = m.hidden_states(tokens, segment_ids, positions)
             head = m.lm_head_weight()
-        b, t, _ = hidden.shape
-        c = _chunk_size(t)
-        split = lambda x: jnp.moveaxis(x.reshape(b, t // c, c, *x.shape[2:]), 1, 0)  # noqa: E731
-
-        def one(carry, xs):
-            h, y, w = xs
-            logits = jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype),
-                                preferred_element_type=jnp.float32)
-            logp = jnp.take_along_axis(logits, y[..., None], -1)[..., 0] - jax.nn.logsumexp(
-                logits, axis=-1)
-            miss = (jnp.argmax(logits, -1) != y) & (w > 0)
-            return (carry[0] + (logp * w).sum(-1), carry[1] | miss.any(-1)), None
-
-        init = (jnp.zeros((b,), jnp.float32), jnp.zeros((b,), bool))
-        (total, missed), _ = jax.lax.scan(one, init, (split(hidden), split(targets), split(mask)))
+        scores = token_scores(hidden, head, targets, chunk=self.chunk,
+                              vocab_limit=self.vocab_limit)
+        total = (scores.logprob * mask).sum(-1)
+        missed = (~scores.greedy & (mask > 0)).any(-1)
         return total, ~missed
 
     def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int],
@@ -138,12 +128,12 @@ def split_continuation(tokenizer, context: str, continuation: str,
     """
     stripped = context.rstrip(" ")
     continuation = context[len(stripped):] + continuation
-    bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
-    ctx_ids, whole = tokenizer.encode_batch([stripped, stripped + continuation])
+    bos = tokenizer.bos_prefix(add_bos)
+    ctx_ids, whole = tokenizer.encode([stripped, stripped + continuation])
     if whole[:len(ctx_ids)] == ctx_ids and len(whole) > len(ctx_ids):
         ids = bos + whole
     else:
-        ids = bos + ctx_ids + tokenizer.encode_batch([continuation])[0]
+        ids = bos + ctx_ids + tokenizer.encode(continuation)
     start = len(bos) + len(ctx_ids)
     if start == 0:
         raise ValueError("an empty context needs a BOS token to condition on")

@@ -26,10 +26,9 @@ def decode_timed(generator, tokenizer, texts: Sequence[str], max_new_tokens: int
 
     from lepjax.generate import SamplingParams
 
-    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-    prompts = [bos + ids for ids in tokenizer.encode_batch(list(texts))]
+    prompts = tokenizer.encode(list(texts), add_bos=True)
     params = SamplingParams(max_new_tokens=max_new_tokens, stop=tuple(stop),
-                            eos_ids=(tokenizer.eos_id,) if tokenizer.eos_id is not None else ())
+                            eos_ids=tokenizer.stop_ids)
     bucket = generator.length_bucket
     warmed: set[int] = set()
     for p in prompts:  # compile each prompt shape outside the timed runs

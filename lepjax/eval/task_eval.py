@@ -69,16 +69,16 @@ def score_generation(task: Task, examples: list[Example], prompts: list[str], ge
     """
     from lepjax.generate import SamplingParams
 
-    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    bos = tokenizer.bos_prefix()
     budget = max_len - task.max_new_tokens
     if budget <= len(bos):
         raise ValueError(f"task {task.name}: max_new_tokens={task.max_new_tokens} leaves no room "
                          f"for a prompt within max_len={max_len}")
     ids = []
-    for p in tokenizer.encode_batch(prompts):
+    for p in tokenizer.encode(prompts):
         ids.append(bos + p[max(0, len(bos) + len(p) - budget):])
     params = SamplingParams(max_new_tokens=task.max_new_tokens, stop=tuple(task.stop),
-                            eos_ids=(tokenizer.eos_id,) if tokenizer.eos_id is not None else ())
+                            eos_ids=tokenizer.stop_ids)
     outs = generator.generate(ids, params, tokenizer=tokenizer, progress=progress)
     texts = [(c.text or "").strip() for c in outs]
     sums = {m: 0.0 for m in M.EXAMPLE_METRICS}

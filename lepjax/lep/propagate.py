@@ -13,17 +13,18 @@ projected once and stay tied.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
+from lepjax import config as config_lib
 from lepjax.lep import solve
+
+OUTPUT_FORMATS = ("lepjax", "hf")
 
 log = logging.getLogger("lepjax.lep")
 
@@ -35,18 +36,25 @@ def _rows(params: dict, module: str) -> np.ndarray:
     return x if module == "embed" else x.T  # the LM head is stored [embed, vocab]
 
 
-def _chat_template(directory: str) -> dict[str, Any]:
-    """I's chat template (tokenizer_config.json key or chat_template.jinja), if any."""
-    out: dict[str, Any] = {}
-    cfg = os.path.join(directory, "tokenizer_config.json")
-    if os.path.isfile(cfg):
-        with open(cfg, encoding="utf-8") as f:
-            template = json.load(f).get("chat_template")
-        if template:
-            out["chat_template"] = template
-    if os.path.isfile(os.path.join(directory, "chat_template.jinja")):
-        out["chat_template.jinja"] = os.path.join(directory, "chat_template.jinja")
-    return out
+def validate_section(section) -> None:
+    """Model-free check of a propagate config (method, output_format, pad_multiple)."""
+    config_lib.check_choice("propagate.method", section.method, solve.METHODS)
+    config_lib.check_choice("propagate.output_format", section.output_format, OUTPUT_FORMATS)
+    if int(section.pad_multiple) < 1:
+        raise config_lib.ConfigError(f"config key 'propagate.pad_multiple' must be >= 1, got "
+                                     f"{section.pad_multiple}")
+
+
+def validate_config(cfg) -> None:
+    """Check the propagate settings of a verb's whole config before any weight is read.
+
+    `cfg` is the `lepjax propagate` config itself or a config holding a `propagate` section
+    (`lepjax adapt`); ConfigError names the key and the closest valid values.
+    """
+    if "propagate" in cfg:
+        validate_section(cfg.propagate)
+    elif "method" in cfg and "donor" in cfg:
+        validate_section(cfg)
 
 
 def propagate(base: str, instruct: str, donor: str, output_dir: str, *, method: str = "conversion",
@@ -60,18 +68,16 @@ def propagate(base: str, instruct: str, donor: str, output_dir: str, *, method: 
     from lepjax.models import io
     from lepjax.vocab.checkpoint import round_up
     from lepjax.vocab.embedding_init import build_matrix, copy_map, plan_rows
-    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.tokenizer import load_vocab
     from lepjax.vocab.writer import write_tokenizer_files
 
-    if method not in solve.METHODS:
-        raise ValueError(f"unknown LEP method {method!r}; choose one of {', '.join(solve.METHODS)}")
-    if output_format not in ("lepjax", "hf"):
-        raise ValueError(f"output_format must be lepjax or hf, got {output_format!r}")
+    config_lib.check_choice("propagate.method", method, solve.METHODS)
+    config_lib.check_choice("propagate.output_format", output_format, OUTPUT_FORMATS)
     io._check_destination(os.path.abspath(output_dir), overwrite)
     t0 = time.perf_counter()
-    tok_b = load_tokenizer(base_tokenizer or base)
-    tok_i = load_tokenizer(instruct_tokenizer or instruct)
-    tok_d = load_tokenizer(donor_tokenizer or donor)
+    tok_b = load_vocab(base_tokenizer or base)
+    tok_i = load_vocab(instruct_tokenizer or instruct)
+    tok_d = load_vocab(donor_tokenizer or donor)
     vb = tok_b.vocab_size
     if tok_i.pieces[:vb] != tok_b.pieces:
         raise ValueError(f"the instruct tokenizer ({tok_i.source}) does not start with the base "
@@ -143,27 +149,17 @@ def propagate(base: str, instruct: str, donor: str, output_dir: str, *, method: 
         return jax.device_put(np.asarray(io.to_host(node), struct.dtype), sharding)
 
     adapted = io.build_from_arrays(config, make)
-    # The output tokenizer: D's vocabulary + I's added tokens, I's chat template.
+    # The output tokenizer: D's vocabulary + I's added tokens; I's BOS/EOS and chat template.
     pieces = tok_d.pieces + [p for _, p in added]
     special = dict(tok_d.special)
     user = dict(tok_d.user_defined)
     for k, (i_id, p) in enumerate(added):
         (special if i_id in tok_i.special else user)[tok_d.vocab_size + k] = p
     tok_out = dataclasses.replace(tok_d, pieces=pieces, special=special, user_defined=user,
-                                  sp_proto=None if added else tok_d.sp_proto)
+                                  sp_proto=None if added else tok_d.sp_proto, bos=tok_i.bos,
+                                  eos=tok_i.eos, chat_template=tok_i.chat_template)
     with tempfile.TemporaryDirectory() as tdir:
         write_tokenizer_files(tok_out, tdir)
-        chat = _chat_template(os.path.dirname(tok_i.source) if os.path.isfile(tok_i.source)
-                              else tok_i.source)
-        if "chat_template" in chat:
-            cfg_path = os.path.join(tdir, "tokenizer_config.json")
-            with open(cfg_path, encoding="utf-8") as f:
-                cfg = json.load(f)
-            cfg["chat_template"] = chat["chat_template"]
-            with open(cfg_path, "w", encoding="utf-8") as f:
-                json.dump(cfg, f, ensure_ascii=False, indent=2)
-        if "chat_template.jinja" in chat:
-            shutil.copy(chat["chat_template.jinja"], os.path.join(tdir, "chat_template.jinja"))
         save = models.save_hf if output_format == "hf" else models.save
         out = save(adapted, output_dir, tokenizer_from=tdir, overwrite=overwrite)
     return {"output": out, "method": method, "format": output_format,

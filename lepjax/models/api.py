@@ -34,8 +34,8 @@ def model_section() -> ConfigDict:
       remat_policy: rematerialisation of scanned layers: none | full | dots | dots_no_batch.
     """
     return ConfigDict(dict(
-        path="", preset="tiny_llama3", seed=0, vocab_size=0, dtype="bfloat16", param_dtype="float32",
-        attention="auto", remat_policy="full"))
+        path="", preset="tiny_llama3", seed=0, vocab_size=0, dtype="bfloat16",
+        param_dtype="float32", attention="auto", remat_policy="full"))
 
 
 def detect_format(path: str) -> str:
@@ -71,10 +71,9 @@ def from_config(section: Any, mesh: Mesh | None = None,
     if section.get("path"):
         model, _ = load(section.path, mesh=mesh, rules=rules, **compute)
         return model
-    if section.get("vocab_size"):
-        compute["vocab_size"] = section.vocab_size
-    config: ModelConfig = get_preset(section.preset, **compute)
-    return io.create_model(config, mesh=mesh, rules=rules, seed=section.get("seed", 0))
+    arch = {"vocab_size": section.vocab_size} if section.get("vocab_size") else {}
+    config: ModelConfig = get_preset(section.preset, **arch)
+    return io.create_model(config, mesh=mesh, rules=rules, seed=section.get("seed", 0), **compute)
 
 
 def make_forward(

@@ -1,6 +1,6 @@
 """Grouped-query attention with a choice of kernel.
 
-Kernels, picked by `ModelConfig.attention`:
+Kernels, picked by the run's `Compute.attention`:
 - `xla`: plain einsum + float32 softmax; the reference, runs everywhere.
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`, fused on NVIDIA GPUs
   (bf16/fp16 only). Packed rows use a dense segment mask.
@@ -9,6 +9,11 @@ Kernels, picked by `ModelConfig.attention`:
 
 All kernels implement the same mask: causal, restricted to the token's own segment (packed rows),
 and, with a sliding window w, to the last w positions including itself (Mistral).
+
+Decoding has two phases with different shapes: the prefill (the left-padded prompt attending to
+itself, a self-attention like training's) and the steps (one new token attending to the KV cache
+under a mask). `decode_kernels` says which kernel each phase uses for a chosen `attention`, or
+refuses a choice that cannot run those shapes on this platform.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lepjax.models.config import ModelConfig
+from lepjax.models.config import Compute, ModelConfig
 from lepjax.models.layers import apply_rope, param, rope_inv_freq
 from lepjax import parallel
 from lepjax.parallel import constrain
@@ -35,6 +40,52 @@ def resolve_implementation(name: str, dtype: str, platform: str | None = None) -
     if platform == "tpu":
         return "splash"
     return "xla"
+
+
+def decode_kernels(attention: str, dtype: str, *, length_bucket: int, head_dim: int,
+                   platform: str | None = None) -> dict[str, str]:
+    """The kernels decoding runs with: {"prefill": name, "step": name}, or a ValueError.
+
+    - xla: the masked einsum for both phases.
+    - cudnn: cuDNN fused attention for both (the steps with the cache mask); needs an NVIDIA GPU,
+      a 16-bit dtype and a head dim that is a multiple of 8 up to 256.
+    - splash: the splash kernel for the prefill, which needs prompt lengths padded to a multiple
+      of 128 (`length_bucket`); splash has no single-query kernel, so the steps use xla. Off TPU
+      splash runs in Pallas interpret mode (slow; what the CPU tests check).
+    - auto: cudnn on a GPU with a 16-bit dtype, splash prefill on TPU when `length_bucket` is a
+      multiple of 128, xla otherwise.
+    """
+    platform = platform or jax.default_backend()
+    if attention == "auto":
+        if platform == "gpu" and jnp.dtype(dtype).itemsize == 2 and _cudnn_head_dim(head_dim):
+            return {"prefill": "cudnn", "step": "cudnn"}
+        if platform == "tpu" and length_bucket % 128 == 0:
+            return {"prefill": "splash", "step": "xla"}
+        return {"prefill": "xla", "step": "xla"}
+    if attention == "xla":
+        return {"prefill": "xla", "step": "xla"}
+    if attention == "cudnn":
+        if platform != "gpu":
+            raise ValueError(f"attention='cudnn' needs an NVIDIA GPU, but this backend is "
+                             f"{platform!r}; use model.attention=auto or xla")
+        if jnp.dtype(dtype).itemsize != 2:
+            raise ValueError(f"attention='cudnn' computes in bfloat16 or float16, not {dtype}; set "
+                             "model.dtype=bfloat16 or use model.attention=xla")
+        if not _cudnn_head_dim(head_dim):
+            raise ValueError(f"attention='cudnn' needs a head dim that is a multiple of 8 up to "
+                             f"256, this model's is {head_dim}; use model.attention=xla")
+        return {"prefill": "cudnn", "step": "cudnn"}
+    if attention == "splash":
+        if length_bucket % 128:
+            raise ValueError(f"attention='splash' prefills prompts padded to a multiple of 128 "
+                             f"tokens, but length_bucket={length_bucket}; set length_bucket to a "
+                             "multiple of 128 or use model.attention=xla")
+        return {"prefill": "splash", "step": "xla"}
+    raise ValueError(f"attention={attention!r}; expected one of auto, xla, cudnn, splash")
+
+
+def _cudnn_head_dim(head_dim: int) -> bool:
+    return head_dim % 8 == 0 and head_dim <= 256
 
 
 def attention_mask(
@@ -66,6 +117,16 @@ def masked_attention(q, k, v, mask):
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def cache_attention(q, k, v, mask, kernel: str = "xla"):
+    """Attention of new queries q [b, t, h, d] to a KV cache k, v [b, S, kv, d] under `mask`
+    [b, t, S] (True = attend), with the `xla` (masked einsum) or `cudnn` kernel."""
+    if kernel == "xla":
+        return masked_attention(q, k, v, mask)
+    if kernel == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="cudnn")
+    raise ValueError(f"no cache-attention kernel {kernel!r} (decode steps run xla or cudnn)")
 
 
 def xla_attention(q, k, v, segment_ids, sliding_window):
@@ -141,9 +202,10 @@ KERNELS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_atte
 class Attention(nnx.Module):
     """Multi-head attention with grouped key/value heads and rotary position embedding."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+    def __init__(self, config: ModelConfig, compute: Compute, *, rngs: nnx.Rngs,
+                 stack: int | None = None):
         c = config
-        std, pd = c.initializer_range, c.param_dtype
+        std, pd = c.initializer_range, compute.param_dtype
         self.q = param(rngs, (c.hidden_size, c.num_heads, c.head_dim),
                        ("embed", "heads", "head_dim"), pd, std=std, stack=stack)
         self.k = param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim),
@@ -152,11 +214,11 @@ class Attention(nnx.Module):
                        ("embed", "kv_heads", "head_dim"), pd, std=std, stack=stack)
         self.o = param(rngs, (c.num_heads, c.head_dim, c.hidden_size),
                        ("heads", "head_dim", "embed"), pd, std=std, stack=stack)
-        self.config = config
+        self.config, self.compute = config, compute
 
     def _qkv(self, x, positions):
         c = self.config
-        dt = c.dtype
+        dt = self.compute.dtype
         q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
         k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
         v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
@@ -166,12 +228,26 @@ class Attention(nnx.Module):
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         return q, k, v
 
-    def decode(self, x, positions, cache_k, cache_v, index, kv_valid):
+    def prefill(self, x, positions, segment_ids, cache_k, cache_v, kernel: str):
+        """Self-attention of a left-padded prompt x [b, t, d] (padding: segment 0, the prompt:
+        segment 1) with `kernel`, its keys and values written to cache slots 0..t-1.
+
+        Returns (output [b, t, d], cache_k, cache_v).
+        """
+        q, k, v = self._qkv(x, positions)
+        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), 0, 1)
+        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), 0, 1)
+        out = KERNELS[kernel](q, k, v, segment_ids, self.config.sliding_window)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"))
+        o = self.o[...].astype(self.compute.dtype)
+        return jnp.einsum("bthk,hkd->btd", out, o), cache_k, cache_v
+
+    def decode(self, x, positions, cache_k, cache_v, index, kv_valid, kernel: str = "xla"):
         """Attention of new tokens x [b, t, d] written into a KV cache at slots index..index+t.
 
         cache_k/v: [b, S, kv, hd]; kv_valid [b, S]: slots holding real tokens (not padding).
-        Each new token attends to valid slots up to its own, within the sliding window.
-        Returns (output [b, t, d], cache_k, cache_v).
+        Each new token attends to valid slots up to its own, within the sliding window, with the
+        `kernel` of `cache_attention`. Returns (output [b, t, d], cache_k, cache_v).
         """
         c = self.config
         q, k, v = self._qkv(x, positions)
@@ -184,14 +260,15 @@ class Attention(nnx.Module):
         if c.sliding_window is not None:
             mask &= k_slot > q_slot - c.sliding_window
         mask = mask[None] & kv_valid[:, None, :]
-        out = masked_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask)
-        return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(c.dtype)), cache_k, cache_v
+        out = cache_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask, kernel)
+        o = self.o[...].astype(self.compute.dtype)
+        return jnp.einsum("bthk,hkd->btd", out, o), cache_k, cache_v
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None):
         c = self.config
-        dt = c.dtype
+        dt = self.compute.dtype
         q, k, v = self._qkv(x, positions)
-        impl = resolve_implementation(c.attention, dt)
+        impl = resolve_implementation(self.compute.attention, dt)
         out = KERNELS[impl](q, k, v, segment_ids, c.sliding_window)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
         return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))

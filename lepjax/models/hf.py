@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from lepjax import parallel
 from lepjax.models import io
-from lepjax.models.config import ModelConfig
+from lepjax.models.config import Compute, ModelConfig
 from lepjax.models.safetensors_io import open_tensors, write_file
 from lepjax.models.transformer import Decoder
 
@@ -104,13 +104,15 @@ def _open_checkpoint(path: str) -> dict[str, np.ndarray]:
 
 def load_hf(
     path: str, *, mesh: Mesh | None = None, rules: parallel.Rules = parallel.DEFAULT_RULES,
-    **config_overrides,
+    **compute: str,
 ) -> Decoder:
     """Load a HF Llama/Mistral directory (config.json + safetensors) into a sharded lepjax model.
 
-    `config_overrides` set compute fields such as `dtype`, `param_dtype`, `attention`.
+    `compute`: compute settings of this run (fields of `Compute`: `dtype`, `param_dtype`,
+    `attention`, `remat_policy`).
     """
-    config = ModelConfig.from_hf(path, **config_overrides)
+    run = Compute().replace(**compute)
+    config = ModelConfig.from_hf(path)
     tensors = _open_checkpoint(path)
     maps = {m.path: m for m in weight_maps(config)}
     L = config.num_layers
@@ -146,7 +148,7 @@ def load_hf(
 
         return jax.make_array_from_callback(struct.shape, sharding, cb)
 
-    return io.build_from_arrays(config, make, mesh=mesh, rules=rules)
+    return io.build_from_arrays(config, make, mesh=mesh, rules=rules, compute=run)
 
 
 def _natural(name: str):

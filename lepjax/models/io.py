@@ -1,7 +1,9 @@
 """Creating models already sharded, and the lepjax checkpoint format (orbax).
 
-A lepjax model directory holds `lepjax.json` (format version and the `ModelConfig`), `params/`
-(an orbax checkpoint of the parameter tree) and any tokenizer files that came with the model.
+A lepjax model directory holds `lepjax.json` (format version and the `ModelConfig`: the
+architecture only), `params/` (an orbax checkpoint of the parameter tree) and any tokenizer files
+that came with the model. How a model computes (`Compute`: dtype, attention kernel, remat) is
+given by the code that creates or loads it, as keyword arguments (`dtype="float32"`, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from lepjax import parallel
-from lepjax.models.config import ModelConfig
+from lepjax.models.config import Compute, ModelConfig
 from lepjax.models.transformer import Decoder
 
 LEPJAX_META = "lepjax.json"
@@ -33,9 +35,10 @@ def is_variable(x: Any) -> bool:
     return isinstance(x, nnx.Variable)
 
 
-def abstract_model(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_model(config: ModelConfig,
+                   compute: Compute = Compute()) -> tuple[nnx.GraphDef, nnx.State]:
     """Graph definition and abstract (shape-only) state of a `Decoder`, allocating nothing."""
-    return nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
+    return nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0), compute=compute)))
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES):
@@ -54,15 +57,19 @@ def default_mesh(mesh: Mesh | None) -> Mesh:
 
 def create_model(
     config: ModelConfig, *, mesh: Mesh | None = None, rules: parallel.Rules = parallel.DEFAULT_RULES,
-    seed: int = 0,
+    seed: int = 0, **compute: str,
 ) -> Decoder:
-    """A randomly initialised model whose parameters are created directly in their shards."""
+    """A randomly initialised model whose parameters are created directly in their shards.
+
+    `compute`: compute settings (fields of `Compute`, e.g. `dtype="float32"`).
+    """
     mesh = default_mesh(mesh)
-    graphdef, abstract = abstract_model(config)
+    run = Compute().replace(**compute)
+    graphdef, abstract = abstract_model(config, run)
     shardings = state_shardings(abstract, mesh, rules)
 
     def init():
-        return nnx.state(Decoder(config, rngs=nnx.Rngs(seed)))
+        return nnx.state(Decoder(config, rngs=nnx.Rngs(seed), compute=run))
 
     state = jax.jit(init, out_shardings=shardings)()
     return nnx.merge(graphdef, state)
@@ -71,10 +78,11 @@ def create_model(
 def build_from_arrays(
     config: ModelConfig, make: Callable[[tuple[str, ...], jax.ShapeDtypeStruct, NamedSharding], jax.Array],
     *, mesh: Mesh | None = None, rules: parallel.Rules = parallel.DEFAULT_RULES,
+    compute: Compute = Compute(),
 ) -> Decoder:
     """Assemble a model from per-parameter arrays: `make(path, abstract, sharding)` returns each."""
     mesh = default_mesh(mesh)
-    graphdef, abstract = abstract_model(config)
+    graphdef, abstract = abstract_model(config, compute)
     shardings = state_shardings(abstract, mesh, rules)
 
     def one(path, v, s):
@@ -133,7 +141,7 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
 
 
 def read_lepjax_config(path: str) -> ModelConfig:
-    """The `ModelConfig` stored in a lepjax model directory."""
+    """The `ModelConfig` (architecture) stored in a lepjax model directory."""
     meta_path = os.path.join(path, LEPJAX_META)
     with open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
@@ -147,14 +155,17 @@ def read_lepjax_config(path: str) -> ModelConfig:
 
 def load_lepjax(
     path: str, *, mesh: Mesh | None = None, rules: parallel.Rules = parallel.DEFAULT_RULES,
-    **config_overrides: Any,
+    **compute: str,
 ) -> Decoder:
-    """Restore a lepjax model directory, each parameter straight into its shards."""
+    """Restore a lepjax model directory, each parameter straight into its shards.
+
+    `compute`: compute settings of this run (fields of `Compute`, e.g. `attention="xla"`).
+    """
     import orbax.checkpoint as ocp
 
-    config = read_lepjax_config(path).replace(**config_overrides)
+    config = read_lepjax_config(path)
     mesh = default_mesh(mesh)
-    graphdef, abstract = abstract_model(config)
+    graphdef, abstract = abstract_model(config, Compute().replace(**compute))
     shardings = state_shardings(abstract, mesh, rules)
     target = jax.tree.map(
         lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s.get_value()),

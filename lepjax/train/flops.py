@@ -77,3 +77,22 @@ def peak_flops(device_kind: str) -> float | None:
         if key.lower() in device_kind.lower():
             return tflops * 1e12
     return None
+
+
+def selection_flops_per_token(c: ModelConfig, selection: dict[str, tuple[int, ...] | None],
+                              seq_len: int) -> float:
+    """Training FLOPs per token for a `lepjax.train.params` selection: which layers (and whether
+    the embeddings and LM head) train decides how far gradients flow and which weights get them."""
+    layer_paths = {p: idx for p, idx in selection.items() if p.startswith("layers/")}
+    trains_embed = "embed" in selection
+    if layer_paths:
+        idx_sets = [set(range(c.num_layers)) if i is None else set(i) for i in layer_paths.values()]
+        lowest = min(min(s) for s in idx_sets)
+        trained_layers = len(set().union(*idx_sets))
+    else:
+        lowest, trained_layers = None, 0
+    if trains_embed:
+        lowest = 0
+    head = "lm_head" in selection or (c.tie_word_embeddings and trains_embed)
+    return flops_per_token(c, seq_len, trained_layers=trained_layers, lowest_trained_layer=lowest,
+                           head_trained=head)

@@ -2,45 +2,50 @@
 
     run_dir/
       resolved_config.json     the config of the (latest) launch
+      run_model.json           what makes the run directory a model (see lepjax.train.run)
       metrics.jsonl            one line per logged step (loss, lr, grad norm, tokens/s, MFU, ...)
       tensorboard/             the same scalars for TensorBoard (when tensorboardX is installed)
       frozen/, checkpoints/    see lepjax.train.checkpoint
 
-A run directory that already has a checkpoint resumes from the latest complete one: the train
-state and the data position are restored, so the run continues with exactly the batches and
-losses it would have had. SIGTERM (preemption) saves a checkpoint and exits cleanly.
+`train` is the short loop of MaxText's shape: `lepjax.train.state.build` sets everything up
+(checked against the abstract model before any weight is read), then batch, step, maybe log,
+maybe evaluate, maybe save. A run directory that already has a checkpoint resumes from the latest
+complete one: the train state and the data position are restored, so the run continues with
+exactly the batches and losses it would have had. SIGTERM (preemption) saves a checkpoint and
+exits cleanly.
+
+Evaluation (`train.eval_every`) reports the held-out loss (nats per trained token, as the
+training loss) and bits per byte as `lepjax eval` defines it (`lepjax.models.loss`): the
+negative log-likelihood of each document's content tokens (BOS / EOS are not scored) over the
+UTF-8 bytes of their decoded text. It reads `data.eval_paths` once, in order, from the start,
+for at most `train.eval_batches` batches (0 = all).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from lepjax import config as config_lib
 from lepjax import models, parallel
 from lepjax.data.loader import Loader, data_section
+from lepjax.models import loss as loss_lib
 from lepjax.train import flops as flops_lib
 from lepjax.train import lora as lora_lib
-from lepjax.train import params as P
+from lepjax.train import run as run_lib
+from lepjax.train import state as state_lib
+from lepjax.train import validate_config
 from lepjax.train.checkpoint import Checkpointer, abstract_of, restore_frozen, save_frozen
-from lepjax.train.optim import make_optimizer, optim_section
-from lepjax.train.step import StepBuilder
+from lepjax.train.metrics import MetricsWriter, Throughput
+from lepjax.train.optim import optim_section
 
 log = logging.getLogger("lepjax.train")
-
-
-RUN_META = "run_model.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,7 +68,7 @@ def train_section() -> ConfigDict:
       loss_chunk: positions per chunk of the LM head + loss (bounds float32 logits memory).
       z_loss: weight of the z-loss (logsumexp²) term; 0 = off.
       log_every, save_every, eval_every: intervals in steps (0 = never; a final save always).
-      eval_batches: batches per evaluation.
+      eval_batches: batches per evaluation (0 = the whole of data.eval_paths).
       keep_checkpoints: checkpoints kept.
       async_checkpointing: save in the background.
       skip_nonfinite: on a NaN/inf loss skip the step instead of stopping with an error.
@@ -107,38 +112,6 @@ class _Preemption:
         return False
 
 
-class MetricsWriter:
-    """metrics.jsonl (and TensorBoard when available), written by process 0."""
-
-    def __init__(self, run_dir: str):
-        self.enabled = jax.process_index() == 0
-        self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a") if self.enabled else None
-        self.tb = None
-        if self.enabled:
-            try:
-                from tensorboardX import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-            except ImportError:
-                pass
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _data_state(loader: Loader) -> dict[str, Any]:
     """The loader position of all processes merged (each process runs its own streams)."""
     merged: dict[str, Any] = {"streams": {}}
@@ -151,7 +124,7 @@ def _model_tokenizer_fingerprint(path: str) -> str | None:
     """The fingerprint of the tokenizer shipped in a model directory, if it has one."""
     if not path:
         return None
-    from lepjax.data.tokenizer import load_tokenizer
+    from lepjax.tokenizer import load_tokenizer
 
     try:
         return load_tokenizer(path).fingerprint()
@@ -159,158 +132,80 @@ def _model_tokenizer_fingerprint(path: str) -> str | None:
         return None
 
 
-def _on_mesh(tree: Any, mesh) -> Any:
-    """Arrays not already sharded on `mesh` (scalars, optimiser counters) replicated on it."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def place(x):
-        sh = getattr(x, "sharding", None)
-        if isinstance(sh, NamedSharding) and sh.mesh == mesh:
-            return x
-        return jax.device_put(x, replicated)
-
-    return jax.tree.map(place, tree)
-
-
-def _trainable_flops(c: models.ModelConfig, selection: P.Selection, seq_len: int) -> float:
-    layer_paths = {p: idx for p, idx in selection.items() if p.startswith("layers/")}
-    trains_embed = "embed" in selection
-    if layer_paths:
-        idx_sets = [set(range(c.num_layers)) if i is None else set(i) for i in layer_paths.values()]
-        lowest = min(min(s) for s in idx_sets)
-        trained_layers = len(set().union(*idx_sets))
-    else:
-        lowest, trained_layers = None, 0
-    if trains_embed:
-        lowest = 0
-    head = "lm_head" in selection or (c.tie_word_embeddings and trains_embed)
-    return flops_lib.flops_per_token(c, seq_len, trained_layers=trained_layers,
-                                     lowest_trained_layer=lowest, head_trained=head)
+def _resume(ckpt: Checkpointer, run_dir: str, setup: state_lib.TrainSetup, loader: Loader
+            ) -> int:
+    """Restore the latest checkpoint into `setup` and `loader`; the step to continue from."""
+    start = ckpt.latest_step()
+    if start is None:
+        return 0
+    setup.state, data_state = ckpt.restore(start, abstract_of(setup.state))
+    loader.set_state(data_state)
+    restored = restore_frozen(run_dir, abstract_of(setup.frozen))
+    if restored is not None:
+        setup.frozen = restored
+    log.info("resumed %s from step %d", run_dir, start)
+    return start
 
 
 def train(cfg: ConfigDict) -> dict[str, Any]:
     """Run (or resume) the training `cfg` describes; returns the final metrics."""
+    validate_config(cfg)
     tc = cfg.train
-    if not tc.run_dir:
-        raise ValueError("train.run_dir is not set")
     run_dir = os.path.abspath(tc.run_dir)
+    mesh, rules = parallel.mesh_from_config(cfg.mesh)
+    setup = state_lib.build(cfg, mesh=mesh, rules=rules)
     os.makedirs(run_dir, exist_ok=True)
     config_lib.write_resolved(cfg, run_dir)
-    mesh, rules = parallel.mesh_from_config(cfg.mesh)
-
-    model = models.from_config(cfg.model, mesh=mesh, rules=rules)
-    mc = model.config
-    graphdef, state = nnx.split(model)
-    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(state)
-    paths = ["/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
-             for p, _ in leaves_with_path]
-    flat = dict(zip(paths, [leaf for _, leaf in leaves_with_path]))
-    selection = P.select(tc.trainable, paths, mc.num_layers)
-    trainable, frozen = P.split(flat, selection, tc.frozen_dtype or None)
-    if tc.lora.rank > 0:
-        adapters = lora_lib.init(flat, tc.lora, mc.num_layers, seed=cfg.model.seed)
-        trainable.update(_on_mesh(adapters, mesh))
-        selection.update({k: None for k in adapters})
-    if not trainable:
-        raise ValueError(f"train.trainable={tc.trainable!r} selects no parameter and LoRA is off "
-                         "(train.lora.rank=0): nothing would train")
-    if tc.mtp:
-        head = model.lm_head_weight()
-        trainable["mtp_head"] = jax.jit(lambda x: x, out_shardings=head.sharding)(head)
-        selection["mtp_head"] = None
-    del model, state, flat
-
-    if jax.process_index() == 0:
-        with open(os.path.join(run_dir, RUN_META), "w") as f:
-            json.dump({"model": mc.to_dict(), "selection": selection,
-                       "lora": config_lib.to_dict(tc.lora)}, f, indent=2)
-    tx, schedule = make_optimizer(cfg.optim, tc.steps, trainable)
-    opt_state = jax.jit(tx.init)(trainable)
-    train_state = _on_mesh({"step": jnp.zeros((), jnp.int32), "trainable": trainable,
-                            "opt_state": opt_state}, mesh)
-    state_sh = jax.tree.map(lambda x: x.sharding, train_state)
-    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-
-    loader = Loader.from_config(cfg.data, vocab_size=mc.vocab_size,
+    run_lib.write_meta(run_dir, setup, tc.lora, cfg.model.path)
+    loader = Loader.from_config(cfg.data, vocab_size=setup.model.config.vocab_size,
                                 fingerprint=_model_tokenizer_fingerprint(cfg.model.path))
     ckpt = Checkpointer(run_dir, keep=tc.keep_checkpoints, async_save=tc.async_checkpointing)
-    save_frozen(run_dir, frozen)
-    start = ckpt.latest_step()
-    if start is not None:
-        train_state, data_state = ckpt.restore(start, abstract_of(train_state))
-        loader.set_state(data_state)
-        restored = restore_frozen(run_dir, abstract_of(frozen))
-        if restored is not None:
-            frozen = restored
-        log.info("resumed %s from step %d", run_dir, start)
-    start = start or 0
-
-    builder = StepBuilder(graphdef, treedef, paths, selection, tx, schedule, tc, mesh, rules,
-                          lora=tc.lora if tc.lora.rank > 0 else None, num_layers=mc.num_layers)
-    batch_sh = NamedSharding(mesh, parallel.logical_to_spec(
-        ("batch", "length"), rules, mesh, (cfg.data.batch_size, cfg.data.seq_len)))
-    step_fn = jax.jit(builder.train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
-                      out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
-                      donate_argnums=(0,))
-    eval_fn = jax.jit(builder.eval_step) if tc.eval_every and cfg.data.eval_paths else None
-
-    flops_token = _trainable_flops(mc, selection, cfg.data.seq_len)
-    peak = tc.peak_tflops * 1e12 or flops_lib.peak_flops(jax.devices()[0].device_kind)
-    writer = MetricsWriter(run_dir)
+    save_frozen(run_dir, setup.frozen)
+    step = _resume(ckpt, run_dir, setup, loader)
+    step_fn = setup.train_step()
+    eval_fn = setup.eval_step() if tc.eval_every and cfg.data.eval_paths else None
+    meter = Throughput(
+        flops_lib.selection_flops_per_token(setup.model.config, setup.selection, cfg.data.seq_len),
+        tc.peak_tflops * 1e12 or flops_lib.peak_flops(jax.devices()[0].device_kind),
+        jax.device_count())
+    end = min(tc.steps, tc.stop_at_step) if tc.stop_at_step else tc.steps
     from tqdm import tqdm
 
-    bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step",
+    bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step",
                disable=not tc.progress or jax.process_index() != 0)
     last: dict[str, Any] = {}
-    t_last, tokens_since = time.perf_counter(), 0.0
-    step = start
+    writer = MetricsWriter(run_dir)
     try:
         with _Preemption() as preempt:
-            end = min(tc.steps, tc.stop_at_step) if tc.stop_at_step else tc.steps
             while step < end:
                 try:
-                    local = next(loader)
+                    batch = loader.global_batch(next(loader), mesh, rules)
                 except StopIteration:
                     log.info("data exhausted at step %d", step)
                     break
-                batch = loader.global_batch(local, mesh, rules)
-                train_state, metrics = step_fn(train_state, frozen, batch)
+                setup.state, metrics = step_fn(setup.state, setup.frozen, batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not metrics.pop("finite"):
-                    if not tc.skip_nonfinite:
-                        ckpt.wait()
-                        raise NonFiniteLossError(
-                            f"non-finite loss ({metrics['loss']}) or gradient norm "
-                            f"({metrics['grad_norm']}) at step {step + 1}; the state was not "
-                            f"updated and the last good checkpoint (step {ckpt.latest_step()}) "
-                            f"in {ckpt.directory} is intact. Set train.skip_nonfinite=true to "
-                            "skip such steps.")
-                    log.warning("skipping step %d: non-finite loss", step + 1)
+                    _non_finite(tc, ckpt, step, metrics)
                 step += 1
-                tokens_since += cfg.data.batch_size * cfg.data.seq_len
+                meter.add(cfg.data.batch_size * cfg.data.seq_len)
                 if tc.log_every and (step % tc.log_every == 0 or step == end):
-                    now = time.perf_counter()
-                    tps = tokens_since / (now - t_last)
-                    metrics["tokens_per_s"] = tps
-                    if peak:
-                        metrics["mfu"] = tps * flops_token / (peak * jax.device_count())
-                    t_last, tokens_since = now, 0.0
+                    metrics.update(meter.report())
                     writer.write(step, metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                                    tok_s=f"{tps:.0f}")
+                                    tok_s=f"{metrics['tokens_per_s']:.0f}")
                 last = metrics
                 bar.update(1)
                 if eval_fn is not None and step % tc.eval_every == 0:
-                    writer.write(step, evaluate(cfg, eval_fn, train_state, frozen, mesh, rules,
-                                                mc.vocab_size))
+                    writer.write(step, evaluate(cfg, setup, eval_fn))
                 preempted = parallel.any_process(preempt.requested) or ckpt.reached_preemption(step)
                 if (tc.save_every and step % tc.save_every == 0) or preempted:
-                    ckpt.save(step, train_state, _data_state(loader), wait=preempted)
+                    ckpt.save(step, setup.state, _data_state(loader), wait=preempted)
                 if preempted:
                     log.warning("stopped at step %d for preemption; rerun to resume", step)
                     return {"step": step, "preempted": True, **last}
             if ckpt.latest_step() != step:
-                ckpt.save(step, train_state, _data_state(loader))
+                ckpt.save(step, setup.state, _data_state(loader))
     finally:
         ckpt.wait()
         bar.close()
@@ -318,71 +213,83 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     return {"step": step, "preempted": False, **last}
 
 
-def evaluate(cfg, eval_fn, train_state, frozen, mesh, rules, vocab_size) -> dict[str, float]:
-    """Held-out loss (nats per trained token) and bits per byte over `train.eval_batches`
-    batches of `data.eval_paths` (always the same batches: the loader starts afresh)."""
-    loader = Loader.from_config(cfg.data, paths=list(cfg.data.eval_paths), vocab_size=vocab_size)
-    table = _byte_table(loader)
-    ce = tokens = nbytes = 0.0
-    for _ in range(cfg.train.eval_batches):
+def _non_finite(tc: Any, ckpt: Checkpointer, step: int, metrics: dict[str, float]) -> None:
+    """Stop with an error on a non-finite step (the state was not updated), or warn and skip."""
+    if not tc.skip_nonfinite:
+        ckpt.wait()
+        raise NonFiniteLossError(
+            f"non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at "
+            f"step {step + 1}; the state was not updated and the last good checkpoint (step "
+            f"{ckpt.latest_step()}) in {ckpt.directory} is intact. Set train.skip_nonfinite=true "
+            "to skip such steps.")
+    log.warning("skipping step %d: non-finite loss", step + 1)
+
+
+def evaluate(cfg: ConfigDict, setup: state_lib.TrainSetup, eval_fn) -> dict[str, float]:
+    """Held-out loss (nats per trained token) and bits per byte (see the module docstring) of
+    the current state over `data.eval_paths`, read once from the start (always the same
+    batches)."""
+    section = ConfigDict(config_lib.to_dict(cfg.data))
+    section.update(dict(shuffle=False, num_epochs=1))
+    loader = Loader.from_config(section, paths=list(cfg.data.eval_paths),
+                                vocab_size=setup.model.config.vocab_size)
+    tokenizer = _eval_tokenizer(loader)
+    specials = np.asarray(sorted(_special_ids(loader)), np.int32)
+    ce = tokens = nats = 0.0
+    nbytes, batches = 0, 0
+    while not cfg.train.eval_batches or batches < cfg.train.eval_batches:
         try:
-            batch = loader.global_batch(next(loader), mesh, rules)
+            local = next(loader)
         except StopIteration:
             break
-        out = jax.device_get(eval_fn(train_state["trainable"], frozen, batch, table))
+        local["score_mask"] = local["loss_mask"] * ~np.isin(local["targets"], specials)
+        if tokenizer is not None:
+            nbytes += loss_lib.text_bytes(loss_lib.scored_text(tokenizer.decode,
+                                                               scored_documents(local)))
+        out = jax.device_get(eval_fn(setup.state["trainable"], setup.frozen,
+                                     loader.global_batch(local, setup.mesh, setup.rules)))
         ce += float(out["ce_sum"])
         tokens += float(out["tokens"])
-        nbytes += float(out.get("bytes", 0.0))
+        nats += float(out["score_nats"])
+        batches += 1
     result = {"eval_loss": ce / max(tokens, 1.0), "eval_tokens": tokens}
-    if nbytes:
-        result["eval_bits_per_byte"] = ce / np.log(2) / nbytes
+    nbytes = sum(parallel.allgather_json(nbytes))
+    if tokenizer is not None and nbytes:
+        result["eval_bits_per_byte"] = loss_lib.bits_per_byte(nats, nbytes)
     return result
 
 
-def _byte_table(loader: Loader):
-    """Bytes per token id of the eval data's tokenizer (None if the tokenizer is not at hand)."""
-    from lepjax.data.tokenizer import load_tokenizer
+def scored_documents(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The scored target tokens (`score_mask`) of each document (segment) of a packed batch."""
+    docs = []
+    for targets, mask, seg in zip(batch["targets"], batch["score_mask"], batch["segment_ids"]):
+        for s in np.unique(seg[seg > 0]):
+            docs.append(targets[(seg == s) & (mask > 0)])
+    return docs
 
-    path = loader.datasets[0].metadata.get("tokenizer", {}).get("path", "")
+
+def _special_ids(loader: Loader) -> set[int]:
+    """BOS / EOS ids of the eval data's tokenizer (from the datasets' metadata)."""
+    out: set[int] = set()
+    for ds in loader.datasets:
+        info = ds.metadata.get("tokenizer", {})
+        out |= {info.get("bos_id"), info.get("eos_id")} - {None}
+    return out
+
+
+def _eval_tokenizer(loader: Loader):
+    """The tokenizer the eval data was prepared with (decodes scored tokens for bits per byte),
+    or None (with a warning) when it is not at hand or the datasets disagree."""
+    from lepjax.tokenizer import load_tokenizer
+
+    infos = [ds.metadata.get("tokenizer", {}) for ds in loader.datasets]
+    if len({i.get("fingerprint") for i in infos}) > 1:
+        log.warning("eval: data.eval_paths were prepared with different tokenizers; bits per "
+                    "byte not reported")
+        return None
+    path = infos[0].get("path", "")
     try:
-        return jnp.asarray(load_tokenizer(path).token_byte_lengths())
+        return load_tokenizer(path)
     except (FileNotFoundError, ValueError):
         log.warning("eval: tokenizer %r not found; bits per byte not reported", path)
         return None
-
-
-def load_run(run_dir: str, step: int | None = None, mesh=None,
-             rules=parallel.DEFAULT_RULES) -> models.Decoder:
-    """The model of a run's latest (or given) checkpoint: frozen + trained parameters merged,
-    the multi-token-prediction head dropped. Export it with `lepjax.models.save_hf`/`save`."""
-    with open(os.path.join(run_dir, RUN_META)) as f:
-        meta = json.load(f)
-    mc = models.ModelConfig.from_dict(meta["model"])
-    selection = {k: (None if v is None else tuple(v)) for k, v in meta["selection"].items()}
-    mesh = mesh or parallel.make_mesh({"fsdp": -1})
-    graphdef, abstract = models.io.abstract_model(mc)
-    shardings = models.io.state_shardings(abstract, mesh, rules)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    paths = ["/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
-             for p, _ in leaves]
-    structs = {path: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh)
-               for path, (_, v), sh in zip(paths, leaves, jax.tree.leaves(shardings))}
-    frozen_abs = {p: structs[p] for p in paths
-                  if p not in selection or selection[p] is not None}
-    frozen = restore_frozen(run_dir, frozen_abs) or {}
-    ckpt = Checkpointer(run_dir, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint to load")
-    meta_tree = ckpt.state_metadata(step)
-    abstract_state = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta_tree,
-        is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
-    state, _ = ckpt.restore(step, abstract_state)
-    ckpt.close()
-    trainable = {k: v for k, v in state["trainable"].items() if k != "mtp_head"}
-    full = P.merge(trainable, frozen, selection)
-    full = lora_lib.apply(full, ConfigDict(meta["lora"]), mc.num_layers)
-    placed = [jax.device_put(jnp.asarray(full[p], structs[p].dtype), structs[p].sharding)
-              for p in paths]
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, placed))

@@ -8,6 +8,7 @@ model. The base weights stay frozen; `merge` folds the adapters into them for ex
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
+
+from lepjax.config import ConfigError
 
 # target name -> (parameter path, number of input dimensions after the layer axis)
 TARGETS = {
@@ -37,6 +40,26 @@ def lora_section() -> ConfigDict:
     return ConfigDict(dict(rank=0, alpha=16.0, targets=("q", "k", "v", "o"), layers=""))
 
 
+def check_section(section: Any) -> None:
+    """Model-free check of a `train.lora` section (rank, targets, layer list syntax)."""
+    if section.rank < 0:
+        raise ConfigError(f"train.lora.rank={section.rank} is negative (0 = no LoRA)")
+    if isinstance(section.targets, str):
+        raise ConfigError(f"train.lora.targets={section.targets!r} must be a list of names, e.g. "
+                          "('q', 'v'); valid: " + ", ".join(TARGETS))
+    for t in section.targets:
+        if t not in TARGETS:
+            close = difflib.get_close_matches(str(t), list(TARGETS), n=3, cutoff=0.3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"train.lora.targets: unknown target {t!r}{hint} (valid: "
+                              f"{', '.join(TARGETS)})")
+    try:
+        [int(x) for x in section.layers.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"train.lora.layers={section.layers!r}: expected comma-separated layer "
+                          "indices such as '0,-1' (empty = all layers)") from None
+
+
 def layer_indices(spec: str, num_layers: int) -> tuple[int, ...]:
     """Parse "0,1,-1" (empty = all layers)."""
     if not spec.strip():
@@ -44,15 +67,14 @@ def layer_indices(spec: str, num_layers: int) -> tuple[int, ...]:
     raw = [int(x) for x in spec.split(",") if x.strip()]
     bad = [i for i in raw if not -num_layers <= i < num_layers]
     if bad:
-        raise ValueError(f"LoRA layer indices {bad} out of range for {num_layers} layers")
+        raise ConfigError(f"train.lora.layers: indices {bad} out of range for a model of "
+                          f"{num_layers} layers")
     return tuple(sorted({i % num_layers for i in raw}))
 
 
 def init(flat: Mapping[str, jax.Array], cfg: Any, num_layers: int, seed: int = 0) -> dict:
     """Adapter parameters {"lora/<path>/a": A, "lora/<path>/b": B} for the configured targets."""
-    unknown = [t for t in cfg.targets if t not in TARGETS]
-    if unknown:
-        raise ValueError(f"unknown LoRA targets {unknown}; valid: {sorted(TARGETS)}")
+    check_section(cfg)
     idx = layer_indices(cfg.layers, num_layers)
     out = {}
     key = jax.random.PRNGKey(seed)

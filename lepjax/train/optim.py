@@ -6,10 +6,13 @@ trained parameters (see `lepjax.train.params`), so frozen ones get no state.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import optax
 from ml_collections import ConfigDict
+
+from lepjax.config import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -32,10 +35,21 @@ def optim_section() -> ConfigDict:
                            grad_clip=1.0))
 
 
+def check_section(cfg: Any) -> None:
+    """Model-free check of an `optim` section: the schedule name and the numeric ranges."""
+    if cfg.schedule not in SCHEDULES:
+        close = difflib.get_close_matches(str(cfg.schedule), SCHEDULES, n=3, cutoff=0.3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"optim.schedule={cfg.schedule!r} is not a schedule{hint} (valid: "
+                          f"{', '.join(SCHEDULES)})")
+    if cfg.warmup_steps < 0 or not 0 <= cfg.warmup_fraction <= 1:
+        raise ConfigError(f"optim.warmup_steps={cfg.warmup_steps} / optim.warmup_fraction="
+                          f"{cfg.warmup_fraction}: expected steps >= 0 and a fraction in [0, 1]")
+
+
 def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     """Learning rate by step."""
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule={cfg.schedule!r}; expected one of {SCHEDULES}")
+    check_section(cfg)
     warmup = cfg.warmup_steps or int(round(cfg.warmup_fraction * total_steps))
     warmup = min(warmup, total_steps)
     end = cfg.lr * cfg.end_lr_fraction

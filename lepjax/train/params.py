@@ -37,12 +37,12 @@ PRESETS = {
 Selection = dict[str, tuple[int, ...] | None]
 
 
-def flatten_tree(tree: Any) -> tuple[dict[str, Any], Any]:
+def flatten_tree(tree: Any, is_leaf: Any = None) -> tuple[dict[str, Any], Any]:
     """({"layers/attn/q": leaf, ...}, treedef) of a pytree keyed by names (an `nnx.State`, nested
     dicts, a pure parameter dict). The one place parameter paths are spelt; `unflatten_tree`
     inverts it. Dict keys of the tree form the path; other path entries (a Variable's value
     attribute) are skipped."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
     flat = {"/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)): leaf
             for path, leaf in leaves}
     if len(flat) != len(leaves):

@@ -26,9 +26,9 @@ def _tokenizer_dir(path: str) -> str:
 
 
 def _source(cfg):
-    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.tokenizer import load_vocab
 
-    return load_tokenizer(_need(cfg, "tokenizer"))
+    return load_vocab(_need(cfg, "tokenizer"))
 
 
 def extend_from_config(cfg, progress: bool) -> dict:
@@ -69,13 +69,13 @@ def init_from_config(cfg, progress: bool) -> dict:
     """Resize a checkpoint's embeddings and LM head to the new tokenizer."""
     from lepjax.vocab.checkpoint import init_embeddings
     from lepjax.vocab.corpus import check_corpus
-    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.tokenizer import load_vocab
 
     i = cfg.init
     checkpoint = _need(cfg, "init.checkpoint")
-    source = load_tokenizer(cfg.tokenizer or checkpoint)
+    source = load_vocab(cfg.tokenizer or checkpoint)
     new_path = _need(cfg, "init.tokenizer")
-    new = load_tokenizer(new_path)
+    new = load_vocab(new_path)
     files = check_corpus(cfg.corpus) if i.method == "align" else []
     return init_embeddings(checkpoint, source, new, _tokenizer_dir(new_path),
                            _need(cfg, "output_dir"), method=i.method, corpus=files,
@@ -88,7 +88,7 @@ def report_from_config(cfg, progress: bool) -> dict:
     """Measure tokenizer efficiency on held-out text; write report.json and report.png."""
     from lepjax.vocab import report
     from lepjax.vocab.corpus import check_corpus
-    from lepjax.vocab.tokenizer import load_tokenizer
+    from lepjax.vocab.tokenizer import load_vocab
 
     r = cfg.report
     paths = list(r.tokenizers) or ([cfg.tokenizer] if cfg.tokenizer else [])
@@ -102,7 +102,7 @@ def report_from_config(cfg, progress: bool) -> dict:
     if not heldout:
         raise ValueError("config key report.heldout is required for this action")
     files = {os.path.basename(f): [f] for f in check_corpus(heldout, "held-out text")}
-    toks = {label: load_tokenizer(p) for label, p in zip(labels, paths)}
+    toks = {label: load_vocab(p) for label, p in zip(labels, paths)}
     rep = report.report(toks, files, cfg.max_lines)
     written = report.write_report(rep, _need(cfg, "output_dir"), chart=r.chart)
     return {"action": "report", "written": written, "ratios": rep["ratios"]}

@@ -1,91 +1,17 @@
-"""BPE vocabularies as Hugging Face `tokenizer.json` documents, built from a priority order.
+"""Editing BPE merge lists: priority orders and extension with new pieces.
 
-Both tokenizer families lepjax adapts are BPE whose merge rule is "join the adjacent pair whose
-concatenation is the highest-priority piece in the vocabulary": SentencePiece BPE ranks pieces by
-score, tiktoken by rank. Such a vocabulary is fully described by its pieces in priority order; the
-Hugging Face merge list is derived from it by listing, for every piece, each split into two pieces
-that are both in the vocabulary (`merges_from_order`). Extending a vocabulary is then inserting
-new pieces into the order (before or after the old ones) and deriving the merges again, which
-keeps the `tokenizer.json`, the SentencePiece `.model` and a tiktoken ranks table in agreement.
-
-Piece alphabets: SentencePiece pieces use "▁" (U+2581) for a space and `<0xNN>` byte-fallback
-pieces; byte-level pieces are bytes mapped to printable characters (`bytes_to_unicode`).
+A BPE vocabulary whose merge rule is "join the adjacent pair whose concatenation is the
+highest-priority piece" is described by its pieces in priority order (see
+`lepjax.tokenizer_convert.merges_from_order`). A `tokenizer.json` written by another tool has a
+merge list of its own, which is kept verbatim: extension only inserts merges, so the source's
+merges, and with priority `after` its encoding of text without new pieces, are untouched.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-SPACE = "\u2581"
-# Llama 3's pre-tokenizer regex (tiktoken `pat_str`): contractions, letters, 1-3 digits, punctuation,
-# newlines and whitespace runs.
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Llama 3's 256 special tokens, in id order after the 128,000 ranked tokens.
-_LLAMA3_NAMED = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-                 "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
-                 "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>",
-                 "<|python_tag|>", "<|image|>"]
-LLAMA3_SPECIAL = _LLAMA3_NAMED + [f"<|reserved_special_token_{2 + i}|>"
-                                  for i in range(256 - len(_LLAMA3_NAMED))]
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """The byte-level alphabet: each byte as one printable character (GPT-2 convention).
-
-    Printable Latin-1 bytes stand for themselves; the others (controls, space, soft hyphen, ...)
-    are shifted to U+0100 and up, in byte order.
-    """
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    out, shift = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + shift)
-            shift += 1
-    return out
-
-
-BYTE_TO_CHAR = bytes_to_unicode()
-CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-
-
-def bytes_to_piece(data: bytes) -> str:
-    """A byte string as a byte-level piece."""
-    return "".join(BYTE_TO_CHAR[b] for b in data)
-
-
-def piece_to_bytes(piece: str) -> bytes:
-    """The bytes a byte-level piece stands for."""
-    return bytes(CHAR_TO_BYTE[c] for c in piece)
-
-
-def merges_from_order(order: Sequence[str], mergeable: set[str] | None = None) -> list[tuple[str, str]]:
-    """Merge list equivalent to "join the pair making the highest-priority piece".
-
-    `order` lists pieces, highest priority first. For each piece, every split into two pieces
-    that are both in the vocabulary becomes a merge, in the piece's priority; splits of one piece
-    are ordered by their parts' priorities. `mergeable` (default: all of `order`) limits which
-    pieces can be merge results and parts (special and byte-fallback pieces never are).
-    """
-    rank = {p: i for i, p in enumerate(order)}
-    allowed = rank if mergeable is None else {p: rank[p] for p in mergeable if p in rank}
-    merges: list[tuple[str, str]] = []
-    for piece in order:
-        if len(piece) < 2 or piece not in allowed:
-            continue
-        splits = []
-        for i in range(1, len(piece)):
-            a, b = piece[:i], piece[i:]
-            ra, rb = allowed.get(a), allowed.get(b)
-            if ra is not None and rb is not None:
-                splits.append((ra, rb, a, b))
-        splits.sort()
-        merges.extend((a, b) for _, _, a, b in splits)
-    return merges
+from lepjax.tokenizer_convert import merges_from_order
 
 
 def order_from_merges(vocab: dict[str, int], merges: Sequence[tuple[str, str]]) -> list[str]:
@@ -97,69 +23,28 @@ def order_from_merges(vocab: dict[str, int], merges: Sequence[tuple[str, str]]) 
     return base + sorted(produced, key=produced.__getitem__)
 
 
-def added_token(content: str, id: int, special: bool = True) -> dict[str, Any]:
-    """One `added_tokens` entry of a tokenizer.json."""
-    return {"id": id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
-            "normalized": False, "special": special}
+def extend_merges(merges: Sequence[tuple[str, str]], order: Sequence[str], new: Sequence[str],
+                  priority: str) -> list[tuple[str, str]]:
+    """`merges` with those of `new` pieces inserted, before (`before`) or after (`after`) them all.
 
-
-def _template(bos: str | None, bos_id: int | None) -> dict[str, Any] | None:
-    if bos is None:
-        return None
-    seq = lambda: {"SpecialToken": {"id": bos, "type_id": 0}}  # noqa: E731
-    return {"type": "TemplateProcessing",
-            "single": [seq(), {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [seq(), {"Sequence": {"id": "A", "type_id": 0}}, seq(),
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
-
-
-def sentencepiece_json(vocab: dict[str, int], merges: Iterable[tuple[str, str]],
-                       added: Sequence[dict[str, Any]], unk: str | None, bos: str | None) -> dict:
-    """A tokenizer.json for a SentencePiece-style BPE (Llama 2, Mistral): "▁" spaces, byte fallback."""
-    bos_id = vocab.get(bos) if bos else None
-    return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": list(added),
-        "normalizer": {"type": "Sequence", "normalizers": [
-            {"type": "Prepend", "prepend": SPACE},
-            {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}]},
-        "pre_tokenizer": None,
-        "post_processor": _template(bos, bos_id),
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-        "model": {"type": "BPE", "dropout": None, "unk_token": unk,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
-                  "byte_fallback": True, "ignore_merges": False, "vocab": vocab,
-                  "merges": [[a, b] for a, b in merges]},
-    }
-
-
-def byte_level_json(vocab: dict[str, int], merges: Iterable[tuple[str, str]],
-                    added: Sequence[dict[str, Any]], bos: str | None,
-                    pattern: str = LLAMA3_PATTERN) -> dict:
-    """A tokenizer.json for a byte-level BPE with a split regex (Llama 3 / tiktoken semantics)."""
-    bos_id = next((t["id"] for t in added if t["content"] == bos), None) if bos else None
-    return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": list(added),
-        "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
-             "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-             "use_regex": False}]},
-        "post_processor": _template(bos, bos_id),
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                    "use_regex": True},
-        # ignore_merges: a pre-token that is itself a piece is emitted whole, as tiktoken does.
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
-                  "byte_fallback": False, "ignore_merges": True, "vocab": vocab,
-                  "merges": [[a, b] for a, b in merges]},
-    }
-
-
-def dumps(doc: dict) -> str:
-    """Serialise a tokenizer.json document."""
-    return json.dumps(doc, ensure_ascii=False)
+    `order` is the source's priority order. Merges making a new piece are every split of it into
+    two known pieces (`merges_from_order` on the extended order); merges making an old piece from
+    a new part go just before that piece's first source merge (where its priority is).
+    """
+    full = list(new) + list(order) if priority == "before" else list(order) + list(new)
+    fresh = set(new)
+    made_new, old_with_new = [], {}
+    for a, b in merges_from_order(full):
+        if a + b in fresh:
+            made_new.append((a, b))
+        elif a in fresh or b in fresh:
+            old_with_new.setdefault(a + b, []).append((a, b))
+    out = made_new if priority == "before" else []
+    for a, b in merges:
+        out.extend(old_with_new.pop(a + b, ()))
+        out.append((a, b))
+    for rest in old_with_new.values():
+        out.extend(rest)
+    if priority == "after":
+        out.extend(made_new)
+    return out

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lepjax.vocab.config import OUTPUT_FORMATS
 from lepjax.vocab.embedding_init import build_matrix, plan_rows
 from lepjax.vocab.tokenizer import VocabTokenizer
 
@@ -54,8 +55,9 @@ def init_embeddings(checkpoint: str, source: VocabTokenizer, new: VocabTokenizer
     from lepjax import models
     from lepjax.models import io
 
-    if output_format not in ("same", "hf", "lepjax"):
-        raise ValueError(f"init.output_format must be same, hf or lepjax, got {output_format!r}")
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"init.output_format must be one of {', '.join(OUTPUT_FORMATS)}, got "
+                         f"{output_format!r}")
     if pad_multiple < 1:
         raise ValueError(f"init.pad_multiple must be >= 1, got {pad_multiple}")
     fmt = models.detect_format(checkpoint)

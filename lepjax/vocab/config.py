@@ -33,7 +33,16 @@ Keys:
 
 from __future__ import annotations
 
+from typing import Any
+
 from ml_collections import ConfigDict
+
+from lepjax import config as config_lib
+
+PRIORITIES = ("before", "after")
+REPLACE_MODELS = ("bpe",)
+INIT_METHODS = ("random", "mean", "merge", "align")
+OUTPUT_FORMATS = ("same", "hf", "lepjax")
 
 
 def default_config() -> ConfigDict:
@@ -47,3 +56,25 @@ def default_config() -> ConfigDict:
                   output_format="same", batch_size=1000),
         report=dict(tokenizers=(), labels=(), heldout=(), chart=True),
     ))
+
+
+def _positive(key: str, value: Any) -> None:
+    if int(value) < 1:
+        raise config_lib.ConfigError(f"config key {key!r} must be >= 1, got {value!r}")
+
+
+def validate_config(cfg: Any) -> None:
+    """Check the enumerated vocab keys of a verb's whole config before any model is read.
+
+    Looks at the `extend`, `replace` and `init` sections present at the top of `cfg` (`lepjax
+    vocab`, `lepjax adapt`); ConfigError names the key and the closest valid values.
+    """
+    if "extend" in cfg:
+        config_lib.check_choice("extend.priority", cfg.extend.priority, PRIORITIES)
+        _positive("extend.k", cfg.extend.k)
+    if "replace" in cfg:
+        config_lib.check_choice("replace.model", cfg.replace.model, REPLACE_MODELS)
+    if "init" in cfg:
+        config_lib.check_choice("init.method", cfg.init.method, INIT_METHODS)
+        config_lib.check_choice("init.output_format", cfg.init.output_format, OUTPUT_FORMATS)
+        _positive("init.pad_multiple", cfg.init.pad_multiple)

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lepjax.vocab.config import INIT_METHODS
 from lepjax.vocab.corpus import count_lines, iter_batches
 from lepjax.vocab.tokenizer import VocabTokenizer
-
-METHODS = ("random", "mean", "merge", "align")
 
 Weights = dict[int, float]
 
@@ -135,8 +134,8 @@ def plan_rows(source: VocabTokenizer, new: VocabTokenizer, method: str,
               corpus: Sequence[str] = (), max_lines: int = 0, batch_size: int = 1000,
               progress: bool = True) -> RowPlan:
     """Decide every row of the new matrix (copies, weights, fallbacks) for `method`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown init method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in INIT_METHODS:
+        raise ValueError(f"unknown init method {method!r}; choose one of {', '.join(INIT_METHODS)}")
     if new.kind != source.kind:
         raise ValueError(f"the new tokenizer is {new.kind} but the source is {source.kind}")
     plan = RowPlan(new.vocab_size, copy_map(source, new))

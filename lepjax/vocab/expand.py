@@ -21,7 +21,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from lepjax.vocab.tokenizer import BYTE_LEVEL, VocabTokenizer
+from lepjax.tokenizer_convert import BYTE_LEVEL
+from lepjax.vocab.config import PRIORITIES
+from lepjax.vocab.tokenizer import VocabTokenizer
 from lepjax.vocab.train import auxiliary_merges, train_replacement
 
 log = logging.getLogger("lepjax.vocab")
@@ -76,7 +78,7 @@ def extend(source: VocabTokenizer, files: Sequence[str], k: int, *, priority: st
            aux_vocab_size: int = 50000, token_filter: str = "", max_lines: int = 0,
            min_frequency: int = 2, progress: bool = True) -> tuple[VocabTokenizer, dict[str, Any]]:
     """Extend `source` with k pieces learnt from `files`; returns (new tokenizer, summary)."""
-    if priority not in ("before", "after"):
+    if priority not in PRIORITIES:
         raise ValueError(f"extend.priority must be 'before' or 'after', got {priority!r}")
     if k > aux_vocab_size:
         raise ValueError(f"k={k} is larger than the auxiliary vocabulary (aux_vocab_size="

@@ -1,37 +1,34 @@
-"""One tokenizer interface over SentencePiece BPE (Llama 2, Mistral) and byte-level BPE (Llama 3).
+"""The editable BPE vocabulary of vocabulary work, on top of the runtime tokenizer.
 
-    tok = load_tokenizer("path/to/tokenizer.model")   # SentencePiece .model or tiktoken ranks
-    tok = load_tokenizer("path/to/model_dir")         # tokenizer.model / tokenizer.json inside
+    tok = load_vocab("path/to/model_dir")   # anything lepjax.tokenizer.load_tokenizer reads
     ids, offsets = tok.encode_with_offsets("Привет, мир")
     tok.pieces[ids[0]], tok.merges[:3], tok.decode(ids)
+    bigger = tok.with_new_pieces(["▁Моск", "ва"], priority="after")
 
-Every tokenizer is held as its pieces by id plus the mergeable pieces in priority order (see
-`lepjax.vocab.bpe`); encoding runs through the Hugging Face `tokenizers` library on the
-`tokenizer.json` derived from them, which is exactly the file `save_tokenizer` writes. For
-SentencePiece sources the protobuf is kept so an extended `.model` can be written too.
+A `VocabTokenizer` holds the tokenizer.json document of its source (normalizer, pre-tokenizer,
+decoder, post-processor and merge list kept verbatim), its pieces by id and its mergeable pieces
+in priority order. Unchanged, it encodes with the runtime tokenizer's own `tokenizers` object, so
+exactly as the source file does; extended, the document gets the new pieces and the inserted
+merges (`lepjax.vocab.bpe.extend_merges`). For SentencePiece sources the protobuf is kept so an
+extended `.model` can be written too.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from lepjax import tokenizer_convert as convert
+from lepjax.tokenizer import Tokenizer, load_tokenizer
+from lepjax.tokenizer_convert import BYTE_LEVEL, SENTENCEPIECE
 from lepjax.vocab import bpe
-
-SENTENCEPIECE = "sentencepiece"
-BYTE_LEVEL = "byte_level"
-# SentencePiece piece types (sentencepiece_model.proto).
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
 
 @dataclass
 class VocabTokenizer:
-    """A BPE tokenizer as pieces by id + priority order; encodes through `tokenizers`.
+    """A BPE vocabulary: pieces by id, priority order, merges, and the document it came from.
 
     kind: "sentencepiece" ("▁" spaces, `<0xNN>` byte fallback) or "byte_level" (Llama 3).
     special: special-token pieces by id (never produced from text, never merged).
@@ -41,14 +38,17 @@ class VocabTokenizer:
     kind: str
     pieces: list[str]
     order: list[str]
+    merges: list[tuple[str, str]]
     special: dict[int, str]
+    doc: dict = field(repr=False)
     bos: str | None = None
     eos: str | None = None
     unk: str | None = None
-    pattern: str = bpe.LLAMA3_PATTERN
+    pattern: str = convert.LLAMA3_PATTERN
     sp_proto: Any = None  # sentencepiece ModelProto (SentencePiece sources only)
     source: str = ""
     user_defined: dict[int, str] = field(default_factory=dict)
+    chat_template: str | None = None
 
     # ---- vocabulary -------------------------------------------------------------------------
 
@@ -63,11 +63,6 @@ class VocabTokenizer:
         return {p: i for i, p in enumerate(self.pieces)}
 
     @cached_property
-    def merges(self) -> list[tuple[str, str]]:
-        """BPE merges in priority order (derived from `order`)."""
-        return bpe.merges_from_order(self.order)
-
-    @cached_property
     def merges_by_result(self) -> dict[str, list[tuple[str, str]]]:
         """Every merge (a, b), grouped by the piece a + b it makes."""
         out: dict[str, list[tuple[str, str]]] = {}
@@ -77,38 +72,51 @@ class VocabTokenizer:
 
     @property
     def bos_id(self) -> int | None:
+        """Id of the BOS piece, or None."""
         return self.piece_to_id.get(self.bos) if self.bos else None
 
     @property
     def eos_id(self) -> int | None:
+        """Id of the EOS piece, or None."""
         return self.piece_to_id.get(self.eos) if self.eos else None
 
     def surface(self, piece: str) -> str:
         """The text a piece stands for (a space for "▁"; bytes decoded with replacement)."""
         if self.kind == BYTE_LEVEL:
-            return bpe.piece_to_bytes(piece).decode("utf-8", errors="replace")
-        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return convert.piece_to_bytes(piece).decode("utf-8", errors="replace")
+        if convert.is_byte_piece(piece):
             return bytes([int(piece[3:5], 16)]).decode("utf-8", errors="replace")
-        return piece.replace(bpe.SPACE, " ")
+        return piece.replace(convert.SPACE, " ")
 
     # ---- encoding ---------------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        """The Hugging Face tokenizer.json document of this tokenizer."""
-        vocab = {p: i for i, p in enumerate(self.pieces)}
-        added = [bpe.added_token(p, i, True) for i, p in sorted(self.special.items())]
-        added += [bpe.added_token(p, i, False) for i, p in sorted(self.user_defined.items())]
-        added.sort(key=lambda t: t["id"])
-        if self.kind == BYTE_LEVEL:
-            return bpe.byte_level_json(vocab, self.merges, added, self.bos, self.pattern)
-        return bpe.sentencepiece_json(vocab, self.merges, added, self.unk, self.bos)
+        """The Hugging Face tokenizer.json document of this vocabulary."""
+        doc = dict(self.doc)
+        model = dict(doc["model"])
+        base_vocab: dict[str, int] = model["vocab"]
+        added = [t for t in doc.get("added_tokens") or []
+                 if t["id"] < len(self.pieces) and self.pieces[t["id"]] == t["content"]]
+        have = {t["id"] for t in added}
+        extra = {**self.user_defined, **self.special}
+        added += [convert.added_token(p, i, i in self.special) for i, p in sorted(extra.items())
+                  if i not in have]
+        vocab = {}
+        for i, p in enumerate(self.pieces):
+            if base_vocab.get(p) == i or (i not in extra and i not in have):
+                vocab[p] = i
+        model["vocab"] = vocab
+        model["merges"] = [[a, b] for a, b in self.merges]
+        doc["model"] = model
+        doc["added_tokens"] = sorted(added, key=lambda t: t["id"])
+        return doc
 
     @cached_property
     def hf(self):
-        """The `tokenizers.Tokenizer` built from `to_json()`."""
-        from tokenizers import Tokenizer
+        """The `tokenizers.Tokenizer` of `to_json()`."""
+        from tokenizers import Tokenizer as HFTokenizer
 
-        return Tokenizer.from_str(bpe.dumps(self.to_json()))
+        return HFTokenizer.from_str(convert.dumps(self.to_json()))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` (no BOS/EOS)."""
@@ -122,10 +130,6 @@ class VocabTokenizer:
         """Token ids and each token's (start, end) character span in `text`."""
         e = self.hf.encode(text, add_special_tokens=False)
         return e.ids, e.offsets
-
-    def encode_batch_with_offsets(self, texts: list[str]):
-        """[(ids, offsets)] for each text, encoded in parallel."""
-        return [(e.ids, e.offsets) for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
         """Text of token ids (special tokens skipped)."""
@@ -141,7 +145,7 @@ class VocabTokenizer:
         """
         return [t.id for t in self.hf.model.tokenize(piece)]
 
-    # ---- derived tokenizers -----------------------------------------------------------------
+    # ---- derived vocabularies ---------------------------------------------------------------
 
     def with_new_pieces(self, new: list[str], priority: str) -> "VocabTokenizer":
         """A copy with `new` pieces appended (ids V, V+1, ...), merged before or after the old ones."""
@@ -154,9 +158,10 @@ class VocabTokenizer:
         proto = None
         if self.sp_proto is not None:
             proto = extend_sentencepiece_proto(self.sp_proto, new, priority)
-        return VocabTokenizer(self.kind, self.pieces + list(new), order, dict(self.special),
-                              self.bos, self.eos, self.unk, self.pattern, proto, self.source,
-                              dict(self.user_defined))
+        merges = bpe.extend_merges(self.merges, self.order, new, priority)
+        return VocabTokenizer(self.kind, self.pieces + list(new), order, merges, dict(self.special),
+                              self.doc, self.bos, self.eos, self.unk, self.pattern, proto,
+                              self.source, dict(self.user_defined), self.chat_template)
 
 
 def extend_sentencepiece_proto(proto, new: list[str], priority: str):
@@ -164,7 +169,7 @@ def extend_sentencepiece_proto(proto, new: list[str], priority: str):
     import numpy as np
 
     out = copy.deepcopy(proto)
-    scores = [p.score for p in proto.pieces if p.type == _NORMAL]
+    scores = [p.score for p in proto.pieces if p.type == convert.NORMAL]
     edge = min(scores) if priority == "after" else max(scores)
     # Scores are float32: step by at least the float32 spacing at the scores' magnitude.
     reach = abs(edge) + 2.0 * (len(new) + 1) * max(1.0, float(np.spacing(np.float32(abs(edge)))))
@@ -172,160 +177,69 @@ def extend_sentencepiece_proto(proto, new: list[str], priority: str):
     for i, piece in enumerate(new):
         score = edge - step * (i + 1) if priority == "after" else edge + step * (len(new) - i)
         p = out.pieces.add()
-        p.piece, p.score, p.type = piece, score, _NORMAL
+        p.piece, p.score, p.type = piece, score, convert.NORMAL
     return out
 
 
-# ---- loading ---------------------------------------------------------------------------------
+# ---- construction ----------------------------------------------------------------------------
 
 
-def from_sentencepiece_proto(proto, source: str = "") -> VocabTokenizer:
-    """A tokenizer from a SentencePiece BPE ModelProto."""
-    if proto.trainer_spec.model_type not in (0, 2):  # UNIGRAM=1, BPE=2 (0 = unset, BPE-like)
-        raise ValueError(f"{source or 'SentencePiece model'}: only BPE SentencePiece models are "
-                         f"supported (model_type={proto.trainer_spec.model_type})")
-    pieces = [p.piece for p in proto.pieces]
-    normal = [(-p.score, i) for i, p in enumerate(proto.pieces) if p.type == _NORMAL]
-    order = [pieces[i] for _, i in sorted(normal)]
-    special = {i: p.piece for i, p in enumerate(proto.pieces) if p.type in (_CONTROL, _UNKNOWN)}
-    user = {i: p.piece for i, p in enumerate(proto.pieces) if p.type == _USER_DEFINED}
-    spec = proto.trainer_spec
+def from_document(doc: dict, *, bos: str | None, eos: str | None, unk: str | None = None,
+                  source: str = "", sp_proto: Any = None, chat_template: str | None = None,
+                  hf: Any = None) -> VocabTokenizer:
+    """A vocabulary from a tokenizer.json document holding a BPE model.
 
-    def name(i: int, default: str) -> str | None:
-        return pieces[i] if 0 <= i < len(pieces) else (None if i < 0 else default)
-
-    return VocabTokenizer(SENTENCEPIECE, pieces, order, special, bos=name(spec.bos_id, "<s>"),
-                          eos=name(spec.eos_id, "</s>"), unk=name(spec.unk_id, "<unk>"),
-                          sp_proto=proto, source=source, user_defined=user)
-
-
-def from_sentencepiece(path: str) -> VocabTokenizer:
-    """Read a SentencePiece `.model` file."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
-    proto = pb.ModelProto()
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        proto.ParseFromString(data)
-    except Exception as e:  # protobuf's DecodeError
-        raise ValueError(f"{path}: not a SentencePiece model ({e})") from None
-    if not proto.pieces:
-        raise ValueError(f"{path}: not a SentencePiece model (no pieces)")
-    return from_sentencepiece_proto(proto, os.path.abspath(path))
-
-
-def is_tiktoken_file(path: str) -> bool:
-    """Whether a file is a tiktoken ranks table ("<base64 token> <rank>" per line)."""
-    try:
-        with open(path, "rb") as f:
-            first = f.readline().split()
-        return len(first) == 2 and first[1].isdigit() and bool(base64.b64decode(first[0]))
-    except (OSError, ValueError):
-        return False
-
-
-def from_tiktoken(path: str, special: list[str] | None = None) -> VocabTokenizer:
-    """Read a tiktoken ranks file (Llama 3 `tokenizer.model`); specials follow the ranks."""
-    ranked: list[tuple[int, bytes]] = []
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise ValueError(f"{path}:{n}: expected '<base64 token> <rank>'")
-            ranked.append((int(parts[1]), base64.b64decode(parts[0])))
-    ranked.sort()
-    if [r for r, _ in ranked] != list(range(len(ranked))):
-        raise ValueError(f"{path}: tiktoken ranks are not 0..{len(ranked) - 1}")
-    pieces = [bpe.bytes_to_piece(b) for _, b in ranked]
-    special = bpe.LLAMA3_SPECIAL if special is None else special
-    specials = {len(pieces) + i: s for i, s in enumerate(special)}
-    bos = next((s for s in special if s == "<|begin_of_text|>"), None)
-    eos = next((s for s in special if s == "<|end_of_text|>"), None)
-    return VocabTokenizer(BYTE_LEVEL, pieces + list(special), list(pieces), specials, bos=bos,
-                          eos=eos, source=os.path.abspath(path))
-
-
-def from_tokenizer_json(path: str) -> VocabTokenizer:
-    """Read a Hugging Face tokenizer.json holding a BPE model (SentencePiece-style or byte-level)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable tokenizer.json ({e})") from None
+    `hf`, when given, is the `tokenizers.Tokenizer` of exactly this document (reused as is).
+    """
     model = doc.get("model") or {}
     if model.get("type") != "BPE":
-        raise ValueError(f"{path}: model type {model.get('type')!r}; only BPE tokenizers are supported")
-    text = json.dumps([doc.get("pre_tokenizer"), doc.get("decoder")])
+        raise ValueError(f"{source or 'tokenizer'}: model type {model.get('type')!r}; only BPE "
+                         "tokenizers can be extended")
+    text = convert.dumps([doc.get("pre_tokenizer"), doc.get("decoder")])
     kind = BYTE_LEVEL if "ByteLevel" in text else SENTENCEPIECE
     vocab: dict[str, int] = dict(model["vocab"])
     added = doc.get("added_tokens") or []
     for t in added:
         vocab.setdefault(t["content"], t["id"])
-    size = max(vocab.values()) + 1
-    pieces = [""] * size
+    pieces = [""] * (max(vocab.values()) + 1)
     for p, i in vocab.items():
         pieces[i] = p
     if "" in pieces:
-        raise ValueError(f"{path}: token ids are not contiguous (id {pieces.index('')} is unused)")
+        raise ValueError(f"{source}: token ids are not contiguous (id {pieces.index('')} is unused)")
     special = {t["id"]: t["content"] for t in added if t.get("special")}
     user = {t["id"]: t["content"] for t in added if not t.get("special")}
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
     skip = set(special.values()) | set(user.values())
     if kind == SENTENCEPIECE:
-        skip |= {p for p in vocab if len(p) == 6 and p.startswith("<0x") and p.endswith(">")}
-    order = [p for p in bpe.order_from_merges(vocab, merges) if p not in skip]
-    pattern = bpe.LLAMA3_PATTERN
+        skip |= {p for p in vocab if convert.is_byte_piece(p)}
+    order = [p for p in bpe.order_from_merges(model["vocab"], merges) if p not in skip]
+    pattern = convert.LLAMA3_PATTERN
     for pre in (doc.get("pre_tokenizer") or {}).get("pretokenizers", []):
         if pre.get("type") == "Split" and "Regex" in pre.get("pattern", {}):
             pattern = pre["pattern"]["Regex"]
-    cfg = _read_tokenizer_config(os.path.dirname(os.path.abspath(path)))
-    names = set(special.values())
-    bos = cfg.get("bos_token") or next((c for c in ("<|begin_of_text|>", "<s>") if c in names), None)
-    eos = cfg.get("eos_token") or next((c for c in ("<|end_of_text|>", "</s>") if c in names), None)
-    return VocabTokenizer(kind, pieces, order, special, bos=bos, eos=eos, unk=model.get("unk_token"),
-                          pattern=pattern, source=os.path.abspath(path), user_defined=user)
-
-
-def _read_tokenizer_config(directory: str) -> dict[str, str]:
-    path = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    out = {}
-    for key in ("bos_token", "eos_token"):
-        value = cfg.get(key)
-        value = value.get("content") if isinstance(value, dict) else value
-        if isinstance(value, str):
-            out[key] = value
+    out = VocabTokenizer(kind, pieces, order, merges, special, doc, bos=bos, eos=eos, unk=unk,
+                         pattern=pattern, sp_proto=sp_proto, source=source, user_defined=user,
+                         chat_template=chat_template)
+    if hf is not None:
+        out.__dict__["hf"] = hf
     return out
 
 
-def load_tokenizer(path: str) -> VocabTokenizer:
-    """Load a SentencePiece `.model`, a tiktoken ranks file, a tokenizer.json, or a directory.
+def from_tokenizer(tok: Tokenizer) -> VocabTokenizer:
+    """The editable vocabulary of a runtime tokenizer (same ids, same encoding)."""
+    proto = (convert.read_sentencepiece_proto(tok.sentencepiece_model)
+             if tok.sentencepiece_model else None)
+    return from_document(tok.document(), bos=tok.bos, eos=tok.eos, unk=tok.unk, source=tok.path,
+                         sp_proto=proto, chat_template=tok.chat_template, hf=tok.hf)
 
-    In a directory, `tokenizer.model` is preferred when it is a SentencePiece model (it keeps
-    the protobuf for writing an extended `.model`), then `tokenizer.json`, then a tiktoken
-    `tokenizer.model` (also looked for under `original/`, as Llama 3 repositories keep it).
-    """
-    if os.path.isdir(path):
-        sp = os.path.join(path, "tokenizer.model")
-        js = os.path.join(path, "tokenizer.json")
-        if os.path.isfile(sp) and not is_tiktoken_file(sp):
-            return from_sentencepiece(sp)
-        if os.path.isfile(js):
-            return from_tokenizer_json(js)
-        for cand in (sp, os.path.join(path, "original", "tokenizer.model")):
-            if os.path.isfile(cand):
-                return from_tiktoken(cand)
-        raise FileNotFoundError(f"{path}: no tokenizer.model or tokenizer.json in this directory")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"tokenizer {path!r} does not exist")
-    if path.endswith(".json"):
-        return from_tokenizer_json(path)
-    if is_tiktoken_file(path):
-        return from_tiktoken(path)
-    return from_sentencepiece(path)
+
+def from_sentencepiece_proto(proto, source: str = "") -> VocabTokenizer:
+    """A vocabulary from a SentencePiece BPE ModelProto (e.g. one just trained)."""
+    names = convert.sentencepiece_specials(proto)
+    return from_document(convert.sentencepiece_document(proto, source), **names, source=source,
+                         sp_proto=proto)
+
+
+def load_vocab(path: str) -> VocabTokenizer:
+    """The editable vocabulary of whatever `lepjax.tokenizer.load_tokenizer` reads at `path`."""
+    return from_tokenizer(load_tokenizer(path))

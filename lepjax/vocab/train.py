@@ -17,10 +17,10 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-from lepjax.vocab import bpe
+from lepjax import tokenizer_convert as convert
+from lepjax.tokenizer_convert import SENTENCEPIECE
 from lepjax.vocab.corpus import count_lines, iter_lines
-from lepjax.vocab.tokenizer import (BYTE_LEVEL, SENTENCEPIECE, VocabTokenizer,
-                                    from_sentencepiece_proto)
+from lepjax.vocab.tokenizer import VocabTokenizer, from_document, from_sentencepiece_proto
 
 log = logging.getLogger("lepjax.vocab")
 
@@ -155,13 +155,12 @@ def train_replacement(source: VocabTokenizer, files: Sequence[str], vocab_size: 
         specials = [source.special[i] for i in sorted(source.special)]
         model = _train_byte_level(source, files, vocab_size - len(specials), max_lines,
                                   min_frequency, progress)
-        vocab = model["vocab"]
-        pieces = [p for p, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-        order = bpe.order_from_merges(vocab, _merge_pairs(model["merges"]))
-        base = len(pieces)
-        new = VocabTokenizer(BYTE_LEVEL, pieces + specials, order,
-                             {base + i: s for i, s in enumerate(specials)}, bos=source.bos,
-                             eos=source.eos, pattern=source.pattern)
+        vocab = dict(model["vocab"])
+        added = [convert.added_token(s, len(vocab) + i) for i, s in enumerate(specials)]
+        vocab.update({t["content"]: t["id"] for t in added})
+        doc = convert.byte_level_json(vocab, _merge_pairs(model["merges"]), added, source.bos,
+                                      source.pattern)
+        new = from_document(doc, bos=source.bos, eos=source.eos)
     if new.vocab_size != vocab_size:
         log.warning("replacement vocabulary has %d ids, not the %d asked for (the corpus is too "
                     "small for more)", new.vocab_size, vocab_size)

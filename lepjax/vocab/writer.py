@@ -1,7 +1,7 @@
 """Writing tokenizers: Hugging Face `tokenizer.json` + `tokenizer_config.json`, SentencePiece `.model`.
 
 A tokenizer directory written here loads with `tokenizers.Tokenizer.from_file`,
-`transformers.AutoTokenizer.from_pretrained`, `lepjax.vocab.load_tokenizer` and (for SentencePiece
+`transformers.AutoTokenizer.from_pretrained`, `lepjax.tokenizer.load_tokenizer` and (for SentencePiece
 sources) `sentencepiece.SentencePieceProcessor`. Directories are written aside and renamed when
 complete; `vocab.json` records how the vocabulary was made.
 """
@@ -13,8 +13,8 @@ import os
 import shutil
 from typing import Any
 
-from lepjax.vocab import bpe
-from lepjax.vocab.tokenizer import BYTE_LEVEL, VocabTokenizer
+from lepjax.tokenizer_convert import BYTE_LEVEL, dumps
+from lepjax.vocab.tokenizer import VocabTokenizer
 
 VOCAB_META = "vocab.json"
 
@@ -54,6 +54,8 @@ def tokenizer_config(tok: VocabTokenizer) -> dict[str, Any]:
         "clean_up_tokenization_spaces": False, "model_max_length": 1 << 30,
         "add_bos_token": tok.bos is not None, "add_eos_token": False,
     }
+    if tok.chat_template:
+        cfg["chat_template"] = tok.chat_template
     if tok.kind == BYTE_LEVEL:
         cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     else:
@@ -70,7 +72,7 @@ def write_tokenizer_files(tok: VocabTokenizer, directory: str) -> list[str]:
     def dump(name: str, obj: Any) -> None:
         with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
             if name == "tokenizer.json":
-                f.write(bpe.dumps(obj))
+                f.write(dumps(obj))
             else:
                 json.dump(obj, f, ensure_ascii=False, indent=2)
         written.append(name)

@@ -1,0 +1,304 @@
+"""`lepjax adapt`: the whole language adaptation in one run directory.
+
+Stages, in order (see `lepjax.adapt.stages` for how a rerun skips completed ones):
+
+  demo       (demo.enabled, configs/demo.py) build a tiny model family on the spot
+             (`lepjax.adapt.demo`)
+  vocab      extend the base tokenizer from the target text; initialise the new embedding rows
+  prepare    tokenise the target text (train) and held-out text with the new tokenizer
+  train      train the resized base with the `model`, `mesh`, `data`, `optim` and `train`
+             sections (by default the embeddings only) -> donor
+  propagate  LEP: the donor's embeddings into the instruct model
+  calibrate  (calibrate.enabled) self-calibration (`lepjax.adapt.calibrate`)
+  export     exports of the donor and the adapted instruct model
+  evaluate   characters per token before/after, held-out bits per byte of base and donor
+
+The summary (`run_dir/summary.json`, also returned) has the efficiency gain, the bits per byte,
+the LEP fit residuals and where the exported models are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from lepjax import config as config_lib
+from lepjax.adapt.calibrate import calibrate, calibrate_changes, calibrate_section
+from lepjax.adapt.demo import build_demo_family, demo_section
+from lepjax.adapt.runs import (TRAIN_SECTIONS, prepare_data, read_lines, run_training,
+                               train_config)
+from lepjax.adapt.stages import Stages
+
+STAGES = ("demo", "vocab", "prepare", "train", "propagate", "calibrate", "export", "evaluate")
+
+# Keys of the composed sections that the pipeline sets itself, and the adapt key to use instead.
+PIPELINE_KEYS = {
+    "model.path": "base", "data.paths": "target_text", "train.run_dir": "run_dir",
+    "init.checkpoint": "base", "init.tokenizer": "run_dir", "prepare.tokenizer": "base",
+    "prepare.inputs": "target_text / heldout_text", "prepare.output_dir": "run_dir",
+    "propagate.base": "base", "propagate.instruct": "instruct", "propagate.donor": "run_dir",
+    "propagate.output_dir": "run_dir", "propagate.overwrite": "run_dir",
+}
+EXPORT_FORMATS = ("hf", "lepjax")
+
+
+def default_config() -> ConfigDict:
+    """The `lepjax adapt` config: adapt's own keys and the real sections of the verbs it runs.
+
+    adapt's keys:
+      run_dir: where every stage writes.
+      base, instruct: the base model and its instruct sibling (HF or lepjax directories with
+        tokenizers); set by the demo stage when demo.enabled.
+      target_text: target-language text files (vocabulary and embedding training).
+      heldout_text: held-out target-language files (efficiency and bits per byte).
+      export.format: hf | lepjax.
+      eval.max_lines: held-out lines used for bits per byte (0 = all).
+      demo.*: the on-the-spot tiny model family (`lepjax.adapt.demo.demo_section`).
+      calibrate.*: self-calibration (`lepjax.adapt.calibrate.calibrate_section`).
+
+    Sections of other verbs, with their keys and meanings (set any of them as there):
+      model, mesh, data, optim, train: `lepjax train` (`lepjax.train.loop.default_config`); the
+        train stage runs them as they are. Defaults here: embedding-only LAPT
+        (train.trainable=embeddings) with the LEP paper's optimiser settings.
+      extend, init: `lepjax vocab`'s sections (`lepjax.vocab.config`), for the vocab stage.
+      prepare: `lepjax prepare` (`lepjax.data.prepare.default_config`), for every tokenisation.
+      propagate: `lepjax propagate` (`lepjax.lep.propagate.default_config`).
+    The pipeline sets the paths between stages (`PIPELINE_KEYS`: model.path, data.paths,
+    train.run_dir, init.checkpoint, prepare.inputs, propagate.base, ...); setting one is an error
+    naming the adapt key to set instead.
+    """
+    from lepjax.data.prepare import default_config as prepare_config
+    from lepjax.lep.propagate import default_config as propagate_config
+    from lepjax.train.loop import default_config as train_config_
+    from lepjax.vocab.config import default_config as vocab_config
+
+    t, v = train_config_(), vocab_config()
+    cfg = ConfigDict(dict(
+        run_dir="", base="", instruct="", target_text=(), heldout_text=(),
+        **{name: t[name] for name in TRAIN_SECTIONS},
+        extend=v.extend, init=v.init, prepare=prepare_config(), propagate=propagate_config(),
+        calibrate=calibrate_section(), export=dict(format="hf"), eval=dict(max_lines=0),
+        demo=demo_section()))
+    cfg.data.update(dict(seq_len=512, batch_size=16))
+    cfg.optim.update(dict(lr=2e-4, warmup_steps=100, weight_decay=0.1))
+    cfg.train.update(dict(steps=1000, trainable="embeddings", save_every=100, loss_chunk=512))
+    cfg.extend.update(dict(k=1000, aux_vocab_size=8000))
+    cfg.init.update(dict(method="mean", output_format="lepjax"))
+    cfg.prepare.records_per_shard = 5000
+    return cfg
+
+
+def _get(cfg: ConfigDict, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _trainings(cfg: ConfigDict) -> dict[str, ConfigDict]:
+    """The `lepjax train` config of every training the pipeline will run, by stage name."""
+    root = os.path.abspath(cfg.run_dir)
+    out = {"train": train_config(cfg, path=os.path.join(root, "base_resized"),
+                                 data=os.path.join(root, "data", "train"),
+                                 run_dir=os.path.join(root, "train"))}
+    if cfg.calibrate.enabled:
+        out["calibrate"] = train_config(cfg, path=os.path.join(root, "adapted_instruct"),
+                                        data=os.path.join(root, "calibrate", "data"),
+                                        run_dir=os.path.join(root, "calibrate", "run"),
+                                        changes=calibrate_changes(cfg))
+    return out
+
+
+def validate_config(cfg: ConfigDict) -> None:
+    """Check a `lepjax adapt` config without reading any model, data or input file.
+
+    Enumerated values and grammars of every section (`optim.schedule`, `train.trainable`, LoRA
+    targets, `model.attention`/`dtype`, `init.method`, `propagate.method`, ...) through the
+    checks of the verbs that own them, for every training the pipeline runs, and adapt's own
+    keys. Raises `ConfigError` naming the key (and the closest valid values). The inputs
+    (`base`, `instruct`, the text files) are checked when `adapt` starts, on the machine that runs
+    it (`check_inputs`).
+    """
+    from lepjax import lep, train, vocab
+    from lepjax.data import prepare as prepare_lib
+
+    if not cfg.run_dir:
+        raise config_lib.ConfigError("run_dir is not set (where every stage of the adaptation "
+                                     "writes): pass --config.run_dir=DIR")
+    defaults = default_config()
+    for key, instead in PIPELINE_KEYS.items():
+        if _get(cfg, key) != _get(defaults, key):
+            raise config_lib.ConfigError(
+                f"config key {key!r} is set by the adapt pipeline from stage to stage; leave it "
+                f"unset (set {instead} instead)")
+    config_lib.check_choice("export.format", cfg.export.format, EXPORT_FORMATS)
+    for stage, tcfg in _trainings(cfg).items():
+        try:
+            train.validate_config(tcfg)
+        except config_lib.ConfigError as e:
+            if stage == "train":
+                raise
+            raise config_lib.ConfigError(f"the {stage} stage's training: {e}") from None
+    vocab.validate_config(cfg)
+    root = os.path.abspath(cfg.run_dir)
+    p = ConfigDict(cfg.prepare.to_dict())
+    p.update(dict(tokenizer=os.path.join(root, "tokenizer"), inputs=tuple(cfg.target_text),
+                  output_dir=os.path.join(root, "data", "train")))
+    prepare_lib.validate_config(p)
+    lep.validate_config(cfg)
+
+
+def plan(cfg: ConfigDict) -> dict[str, Any]:
+    """What `adapt(cfg)` would run, without running it: the stages in order and, for each
+    training, its run directory and shape (for `--dry_run`)."""
+    stages = [s for s in STAGES if (s != "demo" or cfg.demo.enabled)
+              and (s != "calibrate" or cfg.calibrate.enabled)]
+    trainings = {}
+    for stage, t in _trainings(cfg).items():
+        trainings[stage] = {"run_dir": t.train.run_dir, "steps": t.train.steps,
+                            "trainable": t.train.trainable, "lora_rank": t.train.lora.rank,
+                            "seq_len": t.data.seq_len, "batch_size": t.data.batch_size}
+    return {"stages": stages, "trainings": trainings}
+
+
+def check_inputs(cfg: ConfigDict) -> None:
+    """Refuse a config whose inputs are missing: base and instruct (unless demo.enabled), the
+    target and held-out text files, the demo's English text; names the key and the path."""
+    if cfg.demo.enabled:
+        if not cfg.demo.english_text:
+            raise config_lib.ConfigError("demo.enabled needs demo.english_text")
+    elif not cfg.base or not cfg.instruct:
+        raise config_lib.ConfigError("set base and instruct (or demo.enabled)")
+    files = {"target_text": cfg.target_text, "heldout_text": cfg.heldout_text}
+    if cfg.demo.enabled:
+        files["demo.english_text"] = cfg.demo.english_text
+    for key, paths in files.items():
+        if not paths:
+            raise config_lib.ConfigError(f"{key} is not set")
+        for p in paths:
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{key} file {p!r} does not exist")
+    if not cfg.demo.enabled:
+        for key in ("base", "instruct"):
+            if not os.path.isdir(cfg[key]):
+                raise FileNotFoundError(f"{key} model directory {cfg[key]!r} does not exist")
+
+
+def _sections(cfg: ConfigDict, *names: str) -> dict[str, Any]:
+    return {n: config_lib.to_dict(cfg[n]) for n in names}
+
+
+def adapt(cfg: ConfigDict) -> dict[str, Any]:
+    """Run every stage of `cfg` (skipping completed ones); returns the summary."""
+    from lepjax.tokenizer import load_tokenizer
+    from lepjax.lep.propagate import propagate
+    from lepjax.train.run import export_run
+    from lepjax.vocab.checkpoint import init_embeddings
+    from lepjax.vocab.expand import extend
+    from lepjax.vocab.report import report
+    from lepjax.vocab import load_vocab
+    from lepjax.vocab.writer import save_tokenizer
+
+    validate_config(cfg)
+    check_inputs(cfg)
+    root = os.path.abspath(cfg.run_dir)
+    st = Stages(root)
+    out = lambda *p: os.path.join(root, *p)  # noqa: E731
+    base, instruct = cfg.base, cfg.instruct
+    trainings = _sections(cfg, "model", "data", "optim", "train")  # mesh: a run option
+    if cfg.demo.enabled:
+        fam = st.run("demo", lambda: build_demo_family(cfg, out("demo")),
+                     settings=(_sections(cfg, "demo", "prepare"), trainings),
+                     reset=(out("demo"),))["outputs"]
+        base, instruct = fam["base"], fam["instruct"]
+
+    def vocab_stage():
+        e, i = cfg.extend, cfg.init
+        source = load_vocab(base)
+        new, summary = extend(source, list(cfg.target_text), e.k, priority=e.priority,
+                              aux_vocab_size=e.aux_vocab_size, token_filter=e.token_filter,
+                              min_frequency=e.min_frequency, progress=False)
+        tok_dir = save_tokenizer(new, out("tokenizer"), {"extend": summary}, overwrite=True)
+        init = init_embeddings(base, source, new, tok_dir, out("base_resized"),
+                               method=i.method, corpus=list(cfg.target_text),
+                               pad_multiple=i.pad_multiple, seed=i.seed,
+                               output_format=i.output_format, batch_size=i.batch_size,
+                               overwrite=True, progress=False)
+        return {"outputs": {"tokenizer": tok_dir, "base_resized": init["output"]},
+                "new_tokens": e.k, "rows_by_origin": init["rows_by_origin"]}
+
+    voc = st.run("vocab", vocab_stage,
+                 settings=(base, cfg.target_text, _sections(cfg, "extend", "init")))["outputs"]
+    data = st.run("prepare", lambda: {"outputs": {
+        "train": prepare_data(cfg, voc["tokenizer"], cfg.target_text, out("data", "train")),
+        "heldout": prepare_data(cfg, voc["tokenizer"], cfg.heldout_text, out("data", "heldout"))}},
+        settings=(cfg.target_text, cfg.heldout_text, _sections(cfg, "prepare")),
+        reset=(out("data"),))["outputs"]
+
+    def train_stage():
+        result = run_training(train_config(cfg, path=voc["base_resized"], data=data["train"],
+                                           run_dir=out("train")))
+        donor = export_run(out("train"), out("donor"), "lepjax", tokenizer_from=voc["tokenizer"],
+                           overwrite=True)
+        return {"outputs": {"donor": donor}, "final_loss": result.get("loss")}
+
+    donor = st.run("train", train_stage, settings=trainings,
+                   reset=(out("train"),))["outputs"]["donor"]
+
+    def propagate_stage():
+        p = cfg.propagate
+        s = propagate(base, instruct, donor, out("adapted_instruct"), method=p.method,
+                      base_tokenizer=p.base_tokenizer, instruct_tokenizer=p.instruct_tokenizer,
+                      donor_tokenizer=p.donor_tokenizer, output_format=p.output_format,
+                      pad_multiple=p.pad_multiple, overwrite=True)
+        return {**s, "outputs": {"adapted": s["output"]}}
+
+    prop = st.run("propagate", propagate_stage, settings=(instruct, _sections(cfg, "propagate")))
+    adapted = prop["outputs"]["adapted"]
+    if cfg.calibrate.enabled:
+        adapted = st.run("calibrate", lambda: calibrate(cfg, instruct, adapted, root),
+                         settings=(_sections(cfg, "calibrate"), trainings),
+                         reset=(out("calibrate"),))["outputs"]["calibrated"]
+
+    def export_stage():
+        from lepjax import models
+
+        paths = {}
+        for name, src in (("donor", donor), ("adapted_instruct", adapted)):
+            model, _ = models.load(src, param_dtype="float32")
+            save = models.save_hf if cfg.export.format == "hf" else models.save
+            paths[name] = save(model, out("export", name), tokenizer_from=src, overwrite=True)
+        return {"outputs": paths}
+
+    exported = st.run("export", export_stage, settings=(cfg.export.to_dict(), donor, adapted))[
+        "outputs"]
+
+    def evaluate_stage():
+        from lepjax import models
+        from lepjax.eval.bpb import bits_per_byte
+
+        rep = report({"before": load_vocab(base), "after": load_vocab(voc["tokenizer"])},
+                     {"heldout": list(cfg.heldout_text)})
+        texts = read_lines(cfg.heldout_text, cfg.eval.max_lines)
+        bpb = {}
+        for name, path in (("base", base), ("adapted_base", donor)):
+            model, _ = models.load(path, dtype="float32")
+            bpb[name] = bits_per_byte(model, load_tokenizer(path), texts)["bits_per_byte"]
+        per = rep["results"]["heldout"]
+        path = out("evaluation.json")
+        with open(path, "w") as f:
+            json.dump({"efficiency": rep, "bits_per_byte": bpb}, f, indent=2)
+        return {"outputs": {"evaluation": path},
+                "chars_per_token": {k: per[k]["chars_per_token"] for k in ("before", "after")},
+                "bits_per_byte": bpb}
+
+    ev = st.run("evaluate", evaluate_stage, settings=(cfg.heldout_text, cfg.eval.to_dict()))
+    summary = {"run_dir": root, "chars_per_token": ev["chars_per_token"],
+               "bits_per_byte": ev["bits_per_byte"], "lep_residuals": prop["residuals"],
+               "exported": exported, "base": base, "instruct": instruct}
+    with open(out("summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

@@ -1,0 +1,99 @@
+"""What decoding reads: a model with the tokenizer that fits it, and prompt files.
+
+    model, tokenizer, mesh, rules = load_for_decoding(cfg)   # cfg.model.*, cfg.mesh.*, cfg.tokenizer
+    texts = read_prompts("prompts.jsonl", field="prompt")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def load_for_decoding(cfg: Any):
+    """(model, tokenizer, mesh, rules) of a config with model.*, mesh.* and tokenizer keys.
+
+    The model computes as `cfg.model` says (dtype, attention, ...: run options, whatever the
+    directory was trained with). The tokenizer is `cfg.tokenizer`, or the model directory's own;
+    one with more tokens than the model has embedding rows is refused. Its size is the real
+    vocabulary: embedding rows past it are padding (pass it as `Generator(vocab_limit=...)`).
+    """
+    from lepjax import models, parallel
+    from lepjax.tokenizer import load_tokenizer
+
+    models.validate_compute(cfg.model)
+    source = cfg.tokenizer or cfg.model.path
+    if not source:
+        raise ValueError("set tokenizer (or model.path to a directory holding one): decoding "
+                         "needs a tokenizer")
+    tok = load_tokenizer(source)
+    mesh, rules = parallel.mesh_from_config(cfg.mesh)
+    model = models.from_config(cfg.model, mesh=mesh, rules=rules)
+    tok.check_fits(model.config.vocab_size, f"the model {cfg.model.path or cfg.model.preset}")
+    return model, tok, mesh, rules
+
+
+def read_prompts(path: str, field: str = "prompt") -> list[str]:
+    """Prompts of a .txt file (one per non-empty line) or a .jsonl file (field `field`)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompts file {path!r} does not exist")
+    if not path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    return [str(row[field]) for row in _jsonl_rows(path, (field,))]
+
+
+def read_chat_prompts(path: str, field: str = "prompt",
+                      messages_field: str = "messages") -> list[list[dict[str, str]]]:
+    """Conversations to render with a chat template: a .txt line or a JSONL `field` is one user
+    message; a JSONL row with `messages_field` ([{"role", "content"}, ...]) is taken as is."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompts file {path!r} does not exist")
+    if not path.endswith(".jsonl"):
+        return [[{"role": "user", "content": t}] for t in read_prompts(path)]
+    out = []
+    for n, row in enumerate(_jsonl_rows(path, (messages_field, field)), 1):
+        if messages_field in row:
+            out.append(check_messages(row[messages_field], f"{path}: row {n}: {messages_field}"))
+        else:
+            out.append([{"role": "user", "content": str(row[field])}])
+    return out
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages: Any, where: str = "messages") -> list[dict[str, str]]:
+    """A validated conversation: a non-empty list of {"role", "content": str}; a ValueError
+    naming the entry and field otherwise."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where} must be a non-empty list of {{role, content}} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"{where}[{i}] must be an object with role and content")
+        if m.get("role") not in CHAT_ROLES:
+            raise ValueError(f"{where}[{i}].role must be one of {', '.join(CHAT_ROLES)}, got "
+                             f"{m.get('role')!r}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"{where}[{i}].content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _jsonl_rows(path: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
+            if not isinstance(row, dict) or not any(k in row for k in fields):
+                raise ValueError(f"{path}: line {n} has no field "
+                                 f"{' or '.join(map(repr, fields))}")
+            rows.append(row)
+    return rows

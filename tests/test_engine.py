@@ -1,0 +1,178 @@
+"""`lepjax prepare` on the preprocessing engine: same shards on every engine, crash and kill safe.
+
+One LocalCluster of 2 worker processes serves the module (`engine.kind=dask` at its address);
+only two other tests start a cluster of their own (local with 1 worker; the CLI run killed).
+"""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+from lepjax.config import ConfigError
+from lepjax.data import engine as engine_lib
+from lepjax.data import records
+from lepjax.data.prepare import default_config, prepare
+
+from conftest import MISTRAL_SP
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RU = os.path.join(HERE, "fixtures", "ru_gsd_dev.txt")
+EN = os.path.join(HERE, "fixtures", "en_ewt_dev.txt")
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests/
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client
+
+    with engine_lib.start_local_cluster(2) as c, Client(c) as client:
+        yield c, client
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Three inputs; the second is over 1 MiB, so two chunks (shards cut across both)."""
+    d = tmp_path_factory.mktemp("corpus")
+    with open(RU, encoding="utf-8") as f:
+        ru = [line for line in f if line.strip()]
+    (d / "ru.txt").write_text("".join(ru * 9), encoding="utf-8")
+    return [RU, str(d / "ru.txt"), EN]
+
+
+def config(inputs, out, **engine):
+    cfg = default_config()
+    cfg.update(dict(tokenizer=MISTRAL_SP, inputs=tuple(inputs), output_dir=str(out),
+                    records_per_shard=300, engine=dict(engine)))
+    return cfg
+
+
+def hashes(directory):
+    return {name: hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest()
+            for name in sorted(os.listdir(directory)) if not name.startswith("resolved_config")}
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """The in-process (synchronous) preparation every engine must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "ds"
+    summary = prepare(config(corpus, out, kind="synchronous"), progress=False)
+    assert summary["complete"] and summary["shards_total"] > 5
+    return hashes(out)
+
+
+def test_every_engine_writes_the_same_shards(corpus, reference, cluster, tmp_path):
+    c, _ = cluster
+    two = prepare(config(corpus, tmp_path / "two", kind="dask", scheduler=c.scheduler_address),
+                  progress=False)
+    assert two["workers"] == 2
+    assert hashes(tmp_path / "two") == reference
+    one = prepare(config(corpus, tmp_path / "one", kind="local", num_workers=1), progress=False)
+    assert one["workers"] == 1
+    assert hashes(tmp_path / "one") == reference
+    assert records.open_dataset(str(tmp_path / "one")).num_records == 579 * 10 + sum(
+        1 for line in open(EN, encoding="utf-8") if line.strip())
+
+
+def test_a_worker_that_dies_is_replaced_and_its_task_retried(corpus, reference, cluster,
+                                                             tmp_path):
+    c, client = cluster
+    pids = client.run(os.getpid)
+    killed = []
+
+    def kill_a_busy_worker():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for addr, keys in client.processing().items():
+                if any(str(k).startswith("shard_task") for k in keys) and addr in pids:
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(addr)
+                    return
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_a_busy_worker)
+    killer.start()
+    summary = prepare(config(corpus, tmp_path / "ds", kind="dask",
+                             scheduler=c.scheduler_address), progress=False)
+    killer.join()
+    assert killed, "no worker was killed while running a shard task"
+    assert summary["shards_written"] == summary["shards_total"]
+    assert hashes(tmp_path / "ds") == reference  # no temp file left, every shard as in process
+
+
+def holds_lease(name, seconds):
+    with engine_lib.lease(name, 1):
+        start = time.time()
+        time.sleep(seconds)
+        return start, time.time()
+
+
+def test_semaphore_caps_holders_across_workers(cluster):
+    c, _ = cluster
+    section = engine_lib.engine_section()
+    section.update(dict(kind="dask", scheduler=c.scheduler_address))
+    with engine_lib.open_engine(section) as engine:
+        spans = sorted(r for _, r in engine.map(holds_lease, [("cap1", 0.3)] * 4))
+        free = sorted(r for _, r in engine.map(time_span, [(0.3,)] * 4))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+    assert any(a[1] > b[0] for a, b in zip(free, free[1:])), "2 workers never overlapped"
+
+
+def time_span(seconds):
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def test_engine_config_errors_name_the_key(tmp_path):
+    section = engine_lib.engine_section()
+    section.kind = "ray"
+    with pytest.raises(ConfigError, match="engine.kind 'ray'; expected one of local"):
+        engine_lib.open_engine(section)
+    section.update(dict(kind="dask"))
+    with pytest.raises(ConfigError, match="exactly one of engine.scheduler"):
+        engine_lib.open_engine(section)
+    section.update(dict(kind="local", scheduler="tcp://127.0.0.1:1"))
+    with pytest.raises(ConfigError, match="need engine.kind=dask"):
+        engine_lib.open_engine(section)
+
+
+def test_unreachable_scheduler_is_one_line(monkeypatch):
+    monkeypatch.setattr(engine_lib, "CONNECT_TIMEOUT_S", 2)
+    section = engine_lib.engine_section()
+    section.update(dict(kind="dask", scheduler="tcp://127.0.0.1:9"))
+    with pytest.raises(ConfigError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        engine_lib.open_engine(section)
+
+
+def test_driver_killed_mid_run_then_rerun_is_identical(corpus, reference, tmp_path):
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "lepjax.cli", "prepare", "--no-progress",
+           f"--config.tokenizer={MISTRAL_SP}", f"--config.inputs={','.join(corpus)}",
+           f"--config.output_dir={out}", "--config.records_per_shard=300",
+           "--config.engine.num_workers=2"]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not records.shard_complete(str(out), 2) and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        try:  # the killed driver's worker processes (same session) go too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not (out / "metadata.json").exists()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert '"shards_skipped": 0' not in res.stdout
+    assert hashes(out) == reference
