@@ -32,6 +32,8 @@ setup(
         "protobuf>=3.20",
         "pyarrow>=14",
         "sacrebleu>=2.3",
+        # The preprocessing engine (lepjax/data/engine.py): about 44 MB, downgrades nothing.
+        "dask[distributed]>=2024.8",
     ],
     extras_require={
         # torch: install the CPU build first (`pip install torch==2.13.0`); any >=2.4 is accepted
@@ -44,8 +46,14 @@ setup(
             "tiktoken>=0.7",
         ],
         "tfds": ["tensorflow-datasets>=4.9"],
+        # The Dask packages with the dashboard (engine.dashboard needs bokeh).
+        "dist": ["dask[distributed]>=2024.8", "bokeh>=3.1"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
+        # `lepjax compile` on a machine without TPUs: libtpu's deviceless topologies. An installed
+        # jax satisfies `jax`, so pip adds only the jaxlib / libtpu that this jax version pins
+        # (libtpu is a ~140 MB wheel).
+        "compile": ["jax[tpu]"],
     },
     entry_points={"console_scripts": ["lepjax=lepjax.cli.main:main"]},
 )

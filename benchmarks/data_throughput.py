@@ -47,7 +47,7 @@ def main():
         for label, procs in (("all_cores", 0), ("one_core", 1)):
             cfg = default_config()
             cfg.update(dict(tokenizer=sp, inputs=(corpus,), output_dir=os.path.join(work, label),
-                            records_per_shard=2000, num_proc=procs))
+                            records_per_shard=2000, engine=dict(num_workers=procs)))
             start = time.perf_counter()
             summary = prepare(cfg, progress=False)
             sec = time.perf_counter() - start

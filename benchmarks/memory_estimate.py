@@ -12,7 +12,6 @@ import argparse
 import json
 
 import jax
-import jax.numpy as jnp
 
 
 def main():
@@ -26,34 +25,22 @@ def main():
     p.add_argument("--loss-chunk", type=int, default=512)
     a = p.parse_args()
 
-    from lepjax import models, parallel
+    from lepjax import parallel
     from lepjax.train import loop
     from lepjax.train import params as P
-    from lepjax.train.optim import make_optimizer
-    from lepjax.train.step import StepBuilder
+    from lepjax.train import state as state_lib
 
-    mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
-    mc = models.get_preset(a.preset)
-    graphdef, abstract = models.io.abstract_model(
-        mc, models.Compute(dtype="bfloat16", remat_policy=a.remat, attention="xla"))
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-    paths = ["/".join(str(k.key) for k in q if isinstance(k, jax.tree_util.DictKey))
-             for q, _ in leaves]
-    flat = {p_: jax.ShapeDtypeStruct(v.shape, v.dtype) for p_, (_, v) in zip(paths, leaves)}
-    selection = P.select(a.trainable, paths, mc.num_layers)
-    trainable = {k: v for k, v in flat.items() if k in selection and selection[k] is None}
-    frozen = {k: jax.ShapeDtypeStruct(v.shape, jnp.dtype(a.frozen_dtype))
-              for k, v in flat.items() if k not in trainable}
     cfg = loop.default_config()
-    cfg.train.loss_chunk = a.loss_chunk
-    tx, schedule = make_optimizer(cfg.optim, 1000, trainable)
-    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "trainable": trainable,
-             "opt_state": jax.eval_shape(tx.init, trainable)}
-    builder = StepBuilder(graphdef, treedef, paths, selection, tx, schedule, cfg.train, mesh)
-    b = jax.ShapeDtypeStruct((a.batch, a.seq_len), jnp.int32)
-    batch = {"tokens": b, "targets": b, "segment_ids": b, "positions": b,
-             "loss_mask": jax.ShapeDtypeStruct((a.batch, a.seq_len), jnp.float32)}
-    compiled = jax.jit(builder.train_step, donate_argnums=(0,)).lower(state, frozen, batch).compile()
+    cfg.model.update(dict(preset=a.preset, dtype="bfloat16", remat_policy=a.remat,
+                          attention="xla"))
+    cfg.data.update(dict(batch_size=a.batch, seq_len=a.seq_len))
+    cfg.train.update(dict(run_dir="unused", trainable=a.trainable, loss_chunk=a.loss_chunk,
+                          frozen_dtype=a.frozen_dtype))
+    mesh = parallel.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+    setup = state_lib.build_abstract(cfg, mesh=mesh)  # shapes only: no weights are made
+    batch = state_lib.abstract_batch(a.batch, a.seq_len, setup.batch_sharding)
+    compiled = setup.train_step().lower(setup.state, setup.frozen, batch).compile()
+    trainable = setup.state["trainable"]
     m = compiled.memory_analysis()
     gb = lambda x: round(x / 2**30, 2)  # noqa: E731
     print(json.dumps({

@@ -14,7 +14,6 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 SETTINGS = {
@@ -39,43 +38,28 @@ def main():
     s = dict(SETTINGS[a.setting])
     batch, seq_len = a.batch or s["batch"], a.seq_len or s["seq_len"]
 
-    from flax import nnx
-
-    from lepjax import models, parallel
+    from lepjax import parallel
     from lepjax.train import flops as flops_lib
     from lepjax.train import loop
-    from lepjax.train import params as P
-    from lepjax.train.optim import make_optimizer
-    from lepjax.train.step import StepBuilder
+    from lepjax.train import state as state_lib
 
-    cfg = loop.default_config()
-    cfg.train.loss_chunk = a.loss_chunk
-    mesh = parallel.make_mesh({"fsdp": -1})
     dtype = "bfloat16" if jax.default_backend() != "cpu" else "float32"
-    mc = models.get_preset(s["preset"])
-    model = models.create_model(mc, mesh=mesh, dtype=dtype, remat_policy=a.remat,
-                                attention=a.attention)
-    graphdef, state = nnx.split(model)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-    paths = ["/".join(str(k.key) for k in q if isinstance(k, jax.tree_util.DictKey))
-             for q, _ in leaves]
-    flat = dict(zip(paths, [x for _, x in leaves]))
-    del model, state, leaves
-    selection = P.select(s["trainable"], paths, mc.num_layers)
-    trainable, frozen = P.split(flat, selection, a.frozen_dtype or s.get("frozen_dtype"))
-    del flat
-    tx, schedule = make_optimizer(cfg.optim, 1000, trainable)
-    train_state = loop._on_mesh({"step": jnp.zeros((), jnp.int32), "trainable": trainable,
-                                 "opt_state": jax.jit(tx.init)(trainable)}, mesh)
-    builder = StepBuilder(graphdef, treedef, paths, selection, tx, schedule, cfg.train, mesh)
-    step = jax.jit(builder.train_step, donate_argnums=(0,))
+    cfg = loop.default_config()
+    cfg.model.update(dict(preset=s["preset"], dtype=dtype, remat_policy=a.remat,
+                          attention=a.attention))
+    cfg.data.update(dict(batch_size=batch, seq_len=seq_len))
+    cfg.train.update(dict(run_dir="unused", trainable=s["trainable"], loss_chunk=a.loss_chunk,
+                          frozen_dtype=a.frozen_dtype or s.get("frozen_dtype", "")))
+    mesh = parallel.make_mesh({"fsdp": -1})
+    setup = state_lib.build(cfg, mesh=mesh)  # the setup and jitted step `lepjax train` runs
+    step = setup.train_step()
+    mc, train_state, frozen = setup.model.config, setup.state, setup.frozen
     rng = np.random.default_rng(0)
-    sh = parallel.named_sharding(mesh, ("batch", "length"), shape=(batch, seq_len))
-    toks = jax.device_put(rng.integers(0, mc.vocab_size, (batch, seq_len), dtype=np.int32), sh)
-    data = {"tokens": toks, "targets": toks, "loss_mask": jnp.ones((batch, seq_len), jnp.float32),
-            "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
-            "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))}
-    data = {k: jax.device_put(v, sh) for k, v in data.items()}
+    toks = rng.integers(0, mc.vocab_size, (batch, seq_len), dtype=np.int32)
+    data = {"tokens": toks, "targets": toks, "loss_mask": np.ones((batch, seq_len), np.float32),
+            "segment_ids": np.ones((batch, seq_len), np.int32),
+            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len))}
+    data = {k: jax.device_put(v, setup.batch_sharding) for k, v in data.items()}
     t0 = time.perf_counter()
     train_state, m = step(train_state, frozen, data)
     jax.block_until_ready(m)
@@ -86,7 +70,7 @@ def main():
     jax.block_until_ready(m)
     sec = (time.perf_counter() - t0) / a.steps
     tps = batch * seq_len / sec
-    fpt = loop._trainable_flops(mc, selection, seq_len)
+    fpt = flops_lib.selection_flops_per_token(mc, setup.selection, seq_len)
     peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
     stats = jax.devices()[0].memory_stats() or {}
     print(json.dumps({

@@ -35,4 +35,6 @@ def get_config():
     cfg.optim.warmup_steps = 10
     cfg.optim.weight_decay = 0.0
     cfg.prepare.engine.kind = "synchronous"  # small texts: tokenise in process
+    cfg.eval.dtype = "float32"
+    cfg.eval.progress = False
     return cfg

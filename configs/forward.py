@@ -2,13 +2,13 @@
 
     lepjax forward --config=configs/forward.py --config.model.path=/path/to/model
 
-Keys: see `lepjax.forward.default_config` (model.*, mesh.*, tokens, batch_size, seq_len, seed,
+Keys: see `lepjax.models.checksum.default_config` (model.*, mesh.*, tokens, batch_size, seq_len, seed,
 output_dir). With an empty model.path, a randomly initialised model.preset is used.
 """
 
 from ml_collections import ConfigDict
 
-from lepjax.forward import default_config
+from lepjax.models.checksum import default_config
 
 
 def get_config() -> ConfigDict:

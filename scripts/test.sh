@@ -9,5 +9,5 @@ VENV=${VENV:-.venv}
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-python -m pip install -q -e '.[test]'
+python -m pip install -q -e '.[test,compile]'
 python -m pytest -q tests "$@"

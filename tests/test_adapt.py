@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(REPO, "tests", "fixtures")
 DEMO = os.path.join(REPO, "configs", "demo.py")
 TEXTS = [f"--config.target_text={FIX}/ru_gsd_dev.txt",
-         f"--config.heldout_text={FIX}/ru_gsd_test.txt", "--config.eval.max_lines=200"]
+         f"--config.heldout_text={FIX}/ru_gsd_test.txt", "--config.eval.max_examples=200"]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_train_sections_reach_every_training_of_the_pipeline(tmp_path):
            f"--config.run_dir={run}",
            f"--config.demo.english_text={FIX}/en_ewt_dev.txt,{FIX}/en_ewt_test.txt",
            f"--config.target_text={FIX}/ru_gsd_dev.txt",
-           f"--config.heldout_text={FIX}/ru_gsd_test.txt", "--config.eval.max_lines=20",
+           f"--config.heldout_text={FIX}/ru_gsd_test.txt", "--config.eval.max_examples=20",
            "--config.demo.base_steps=2", "--config.demo.instruct_steps=2",
            "--config.train.steps=2", "--config.extend.k=100", "--config.extend.aux_vocab_size=600",
            "--config.train.progress=false", "--config.export.format=lepjax"]

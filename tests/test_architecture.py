@@ -16,7 +16,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # What each top-level unit of lepjax may import (besides itself); docs/architecture.md.
 LIBRARIES = {"config", "parallel", "tokenizer", "models", "data", "train", "generate", "vocab",
-             "lep", "eval", "augment", "adapt"}
+             "lep", "eval", "augment", "adapt", "compile"}
 ALLOWED = {
     "config": set(),
     "parallel": {"config"},
@@ -29,7 +29,8 @@ ALLOWED = {
     "lep": {"config", "parallel", "tokenizer", "models", "data", "vocab"},
     "eval": {"config", "parallel", "tokenizer", "models", "data", "generate", "vocab"},
     "augment": {"config", "parallel", "tokenizer", "models", "data", "generate", "train"},
-    "adapt": LIBRARIES - {"adapt"},
+    "adapt": LIBRARIES - {"adapt", "compile"},
+    "compile": {"config", "parallel", "models", "data", "train", "tokenizer"},
     "cli": LIBRARIES,
 }
 

@@ -298,9 +298,9 @@ def test_fiat_infer_keeps_the_teachers_rationales_when_some_inputs_fail(
         def __init__(self):
             self.sent = 0
 
-        def complete(self, prompts, request, progress=False):
+        def complete(self, prompts, request, progress=False, on_result=None):
             self.sent += len(prompts)
-            return teacher.complete(prompts, request, progress)
+            return teacher.complete(prompts, request, progress, on_result)
 
     rows = list(fiat_inputs[1][:4])
     path = tmp_path / "in.jsonl"

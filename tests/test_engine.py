@@ -131,6 +131,55 @@ def time_span(seconds):
     return start, time.time()
 
 
+def test_scheduler_file_reaches_the_cluster(cluster, tmp_path):
+    import json
+
+    c, _ = cluster
+    sched = tmp_path / "scheduler.json"
+    sched.write_text(json.dumps({"type": "Scheduler", "address": c.scheduler_address}))
+    section = engine_lib.engine_section()
+    section.update(dict(kind="dask", scheduler_file=str(sched)))
+    with engine_lib.open_engine(section) as engine:  # versions checked on every worker
+        assert engine.num_workers == 2
+        assert sorted(engine.map(pow, [(2, 5), (3, 2)])) == [(0, 32), (1, 9)]
+    section.scheduler_file = str(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match="engine.scheduler_file .*missing.json does not"):
+        engine_lib.open_engine(section)
+
+
+def test_dask_slurm_dry_run_prints_scheduler_workers_and_driver(tmp_path):
+    script = os.path.join(os.path.dirname(HERE), "launch", "dask_slurm.sbatch")
+    args = ["bash", script, "prepare", os.path.join(os.path.dirname(HERE), "configs", "prepare.py"),
+            f"--config.tokenizer={MISTRAL_SP}", f"--config.inputs={RU}",
+            f"--config.output_dir={tmp_path / 'out'}"]
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_ID": "42", "SLURM_CPUS_PER_TASK": "8",
+           "LEPJAX_CORES_PER_WORKER": "2", "PATH": os.path.dirname(sys.executable) + ":"
+           + os.environ["PATH"]}
+    res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    sched, workers, driver = res.stdout.strip().splitlines()
+    assert sched.startswith("dask scheduler --scheduler-file") and "dask-42.json" in sched
+    assert "dask worker --scheduler-file" in workers and "--nworkers 4 --nthreads 1" in workers
+    assert "--config.engine.kind=dask" in driver and "dask-42.json" in driver
+    assert not (tmp_path / "out").exists()
+
+
+def fails_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise OSError("flaky")
+    return "ok"
+
+
+def test_in_process_engine_retries_a_failed_task(tmp_path):
+    section = engine_lib.engine_section()
+    section.update(dict(kind="synchronous", retries=1))
+    engine = engine_lib.open_engine(section)
+    assert list(engine.map(fails_once, [(str(tmp_path / "a"),)])) == [(0, "ok")]
+    with pytest.raises(OSError, match="flaky"):
+        list(engine.map(fails_once, [(str(tmp_path / "b"),)], retries=0))
+
+
 def test_engine_config_errors_name_the_key(tmp_path):
     section = engine_lib.engine_section()
     section.kind = "ray"

@@ -117,6 +117,20 @@ def test_loglik_matches_transformers_for_any_batch_size_and_padding(byte_model):
             assert g == ref_g
 
 
+def test_scorer_excludes_rows_past_vocab_limit(byte_model):
+    """Rows >= vocab_limit (embedding padding) take no probability when scoring."""
+    hf, model, _ = byte_model
+    rng = np.random.default_rng(2)
+    seqs = [[BOS] + rng.integers(0, 200, n).tolist() for n in (6, 13)]
+    got = Scorer(model, batch_size=2, length_bucket=16, vocab_limit=200).score(seqs, [1, 3])
+    for (lp, _), ids, start in zip(got, seqs, [1, 3]):
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0].double()[:, :200]
+        logp = torch.log_softmax(logits, -1)[start - 1:len(ids) - 1]
+        ref = float(logp.gather(1, torch.tensor(ids[start:])[:, None]).sum())
+        assert abs(lp - ref) <= 1e-4
+
+
 def test_loglik_sliding_window_with_left_padding_matches_transformers(tmp_path):
     hf = make_hf_model("mistral")  # sliding window 5, shorter than the sequences
     hf.save_pretrained(tmp_path / "mistral")
@@ -144,7 +158,7 @@ def test_bits_per_byte_same_from_file_and_shards(tmp_path):
     for name, tokenizer in (("same", MISTRAL_SP), ("other", str(tmp_path / "bytes"))):
         cfg = default_config()
         cfg.update(dict(tokenizer=tokenizer, inputs=(str(text),), output_dir=str(tmp_path / name),
-                        records_per_shard=5, num_proc=1))
+                        records_per_shard=5, engine=dict(kind="synchronous")))
         prepare(cfg, progress=False)
         shard_dirs[name] = str(tmp_path / name)
     tok = load_tokenizer(MISTRAL_SP)
@@ -315,7 +329,7 @@ def test_eval_cli_reports_two_checkpoints(tmp_path):
     english.write_text("\n".join(fixture_lines("en_ewt_test.txt", 6)) + "\n", encoding="utf-8")
     cfg = default_config()
     cfg.update(dict(tokenizer=path_a, inputs=(str(heldout),), output_dir=str(tmp_path / "shards"),
-                    records_per_shard=4, num_proc=1))
+                    records_per_shard=4, engine=dict(kind="synchronous")))
     prepare(cfg, progress=False)
     xnli, xlsum, qa = tmp_path / "xnli.jsonl", tmp_path / "xlsum.jsonl", tmp_path / "qa.jsonl"
     write_jsonl(xnli, [{"premise": p, "hypothesis": h, "label": y} for p, h, y in [

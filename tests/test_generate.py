@@ -251,3 +251,24 @@ def test_splash_prefill_gives_the_xla_tokens(tmp_path):
     want = Generator(xla, batch_size=2, length_bucket=128).generate(prompts, params)
     assert [c.tokens for c in gen.generate(prompts, params)] == [c.tokens for c in want]
     assert [c.tokens for c in want] == hf_greedy(hf, prompts, 5)
+
+
+def test_generate_refuses_an_attention_kernel_it_cannot_run_before_reading_weights(tmp_path,
+                                                                                   capsys):
+    import shutil
+
+    from lepjax.cli.main import main
+
+    path = models.save(models.create_model(models.get_preset("tiny_mistral", vocab_size=32000)),
+                       str(tmp_path / "m"))
+    shutil.copy(MISTRAL_SP, os.path.join(path, "tokenizer.model"))
+    shutil.rmtree(os.path.join(path, "params"))  # reading any weight would fail differently
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Привет\n", encoding="utf-8")
+    assert main(["generate", f"--config.model.path={path}", f"--config.prompts={prompts}",
+                 f"--config.output={tmp_path / 'o.jsonl'}", "--config.model.attention=cudnn",
+                 "--config.model.dtype=bfloat16"]) == 1
+    assert "attention='cudnn' needs an NVIDIA GPU" in capsys.readouterr().err
+    assert main(["generate", f"--config.model.path={path}", f"--config.prompts={prompts}",
+                 f"--config.output={tmp_path / 'o.jsonl'}", "--config.model.attention=cudn"]) == 1
+    assert "'cudnn'" in capsys.readouterr().err  # did-you-mean, from the config check

@@ -111,8 +111,19 @@ def test_local_teacher_gets_eos_and_bos_ids_between_examples(tok):
     assert tok.decode(ids[k + 2:]).startswith(" <CON> Кремль")
     pieces = [tok.pieces[i] for i in ids if i not in (tok.bos_id, tok.eos_id)]
     assert not [p for p in pieces if "</s" in p or "<s>" in p or p in ("s", "><")]
+    assert instruct_pt.Budget(tok, 4096, 16).count(parts) == len(ids)  # the exact budget
     text = encode_prompt(tok, fmt.chain_prompt(context, "Кремль.", "text", "\n\n"))
     assert tok.eos_id not in text and text.count(tok.bos_id) == 1
+
+
+def test_a_text_too_long_alone_is_cut_by_tokens_to_fit(tok):
+    budget = instruct_pt.Budget(tok, 200, 16)
+    short, cut = budget.fit_text("Москва — столица России.")
+    assert short == "Москва — столица России." and not cut
+    huge = " ".join(["Очень длинный текст о городе."] * 60)
+    text, cut = budget.fit_text(huge)
+    n = budget.count([fmt.synth_prompt(text)])
+    assert cut and huge.startswith(text) and 200 - 16 - 8 <= n <= 200 - 16
 
 
 TEXTS = [f"Text {i}: Москва стоит на реке, заметка номер {i}." for i in range(12)]
@@ -183,6 +194,7 @@ def test_on_error_skip_records_the_failed_prompt_and_a_rerun_retries_only_it(tmp
         assert len(server.prompts) == 10  # shard 0 (6), shard 1 rounds 0 and 1 (4)
         summary = instruct_pt.synthesize(synth_config(tmp_path, server.url, on_error="skip"))
         assert len(server.prompts) == 13  # persisted rounds not resent: the retry + round 2
+        assert summary["prompts_sent"] == 3
         failed = prompt_of(server.prompts[:10], 6)
         assert server.prompts[10] == failed  # the same prompt retried
     assert [f["name"] for f in summary["failed_prompts"]] == ["chain 2, round 1 (text 6)"]

@@ -24,7 +24,7 @@ def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "ru"
     cfg = default_config()
     cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(os.path.join(HERE, "fixtures", "ru_gsd_dev.txt"),),
-                    output_dir=str(out), num_proc=1))
+                    output_dir=str(out), engine=dict(kind="synchronous")))
     prepare(cfg, progress=False)
     return str(out)
 

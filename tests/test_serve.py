@@ -69,7 +69,7 @@ def http(url: str, body=None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=300) as resp:  # first requests compile
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -237,3 +237,161 @@ def test_serve_help(capsys):
         main(["serve", "--help"])
     assert e.value.code == 0
     assert "OpenAI-compatible" in capsys.readouterr().out
+
+
+# ---- chat completions and streaming (an instruct checkpoint with a ChatML template) ----------
+
+CHATML = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+          "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHAT = [{"role": "system", "content": "Ты помощник."}, {"role": "user", "content": "Привет!"}]
+
+
+@pytest.fixture(scope="module")
+def instruct(tmp_path_factory):
+    """A tiny instruct checkpoint saved the way Hugging Face tools save one: the Mistral
+    tokenizer with added <|im_start|>/<|im_end|> and a ChatML template; 32,128 embedding rows
+    (the vocabulary padded to a multiple of 128)."""
+    from conftest import MISTRAL_SP
+    from transformers import AutoTokenizer
+
+    from lepjax.tokenizer import load_tokenizer
+
+    path = str(tmp_path_factory.mktemp("instruct") / "m")
+    model = models.create_model(models.get_preset("tiny_mistral", vocab_size=32128), seed=3,
+                                dtype="float32")
+    models.save_hf(model, path)
+    doc = load_tokenizer(MISTRAL_SP).document()
+    doc["added_tokens"] += [dict(id=32000 + i, content=t, single_word=False, lstrip=False,
+                                 rstrip=False, normalized=False, special=True)
+                            for i, t in enumerate(("<|im_start|>", "<|im_end|>"))]
+    with open(os.path.join(path, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False)
+    with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHATML,
+                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    hf_tok = AutoTokenizer.from_pretrained(path)
+    return path, hf_tok
+
+
+@pytest.fixture(scope="module")
+def chat_server(instruct):
+    """The server library in this process (real HTTP) on the instruct checkpoint."""
+    from lepjax.generate.server import Server
+    from lepjax.tokenizer import load_tokenizer
+
+    model, _ = models.load(instruct[0], dtype="float32")
+    server = Server(model, load_tokenizer(instruct[0]), batch_size=2, length_bucket=16,
+                    max_wait_ms=5, steps_per_sync=2, model_name="tiny-instruct")
+    url = server.start()
+    yield url, server
+    server.stop()
+
+
+def sse(url: str, body: dict) -> tuple[str, list]:
+    """(content type, decoded events) of a streamed request; the last event is '[DONE]'."""
+    req = urllib.request.Request(url, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        kind = resp.headers["Content-Type"]
+        lines = resp.read().decode("utf-8").split("\n\n")
+    events = [line.removeprefix("data: ") for line in lines if line.strip()]
+    assert all(line.startswith("data: ") for line in lines if line.strip())
+    return kind, [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+def test_chat_completion_renders_the_template_and_stops_at_end_of_turn(chat_server, instruct):
+    url, server = chat_server
+    status, r = http(url + "/chat/completions", {"model": "tiny-instruct", "messages": CHAT,
+                                                  "max_tokens": 6, "temperature": 0})
+    assert status == 200, r
+    assert r["object"] == "chat.completion" and r["id"].startswith("chatcmpl-")
+    choice = r["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    want = instruct[1].apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
+    want = want["input_ids"] if hasattr(want, "keys") else want
+    u = r["usage"]
+    assert u["prompt_tokens"] == len(want)  # the ids transformers renders and encodes
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] <= len(want) + 6
+    im_end = instruct[1].convert_tokens_to_ids("<|im_end|>")
+    assert im_end in server.chat_stop_ids and server.tokenizer.eos_id in server.chat_stop_ids
+
+
+def test_streams_concatenate_to_the_greedy_text(chat_server):
+    url, _ = chat_server
+    body = {"messages": CHAT, "max_tokens": 7, "temperature": 0}
+    _, whole = http(url + "/chat/completions", body)
+    kind, events = sse(url + "/chat/completions", {**body, "stream": True})
+    assert kind.startswith("text/event-stream")
+    assert events[-1] == "[DONE]" and len(events) >= 3, events
+    chunks = events[:-1]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    # The completions endpoint streams too.
+    body = {"prompt": ["Привет", "Москва — столица"], "max_tokens": 7, "temperature": 0}
+    _, whole = http(url + "/completions", body)
+    kind, events = sse(url + "/completions", {**body, "stream": True})
+    assert kind.startswith("text/event-stream") and events[-1] == "[DONE]"
+    for i in (0, 1):
+        text = "".join(c["choices"][0]["text"] for c in events[:-1]
+                       if c["choices"][0]["index"] == i)
+        assert text == whole["choices"][i]["text"]
+
+
+@pytest.mark.parametrize("messages, words", [
+    ([], "non-empty list"),
+    ([{"role": "robot", "content": "hi"}], "messages[0].role must be one of"),
+    ([{"role": "user", "content": 3}], "messages[0].content must be a string"),
+    ("hello", "non-empty list"),
+])
+def test_bad_chat_messages_get_400_naming_the_field(chat_server, messages, words):
+    status, r = http(chat_server[0] + "/chat/completions", {"messages": messages})
+    assert status == 400, r
+    assert r["error"]["param"] == "messages" and words in r["error"]["message"]
+
+
+def test_another_temperature_compiles_nothing_new(chat_server):
+    url, server = chat_server
+    body = {"messages": CHAT, "max_tokens": 5, "seed": 1}
+    assert http(url + "/chat/completions", {**body, "temperature": 0.7})[0] == 200
+    compiled = http(url.removesuffix("/v1") + "/health")[1]["compiled_programs"]
+    for t in (1.3, 0.2):
+        assert http(url + "/chat/completions", {**body, "temperature": t, "top_p": 0.9})[0] == 200
+    assert http(url.removesuffix("/v1") + "/health")[1]["compiled_programs"] == compiled
+
+
+def test_chat_without_a_template_is_a_400_naming_it(server):
+    status, r = http(server + "/chat/completions", {"messages": [{"role": "user",
+                                                                  "content": "hi"}]})
+    assert status == 400 and "has no chat template" in r["error"]["message"], r
+
+
+def test_generate_chat_renders_prompts_and_messages(chat_server, instruct, checkpoint, tmp_path,
+                                                    capsys):
+    from lepjax.cli.main import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"messages": CHAT}, ensure_ascii=False) + "\n"
+                       + json.dumps({"prompt": "Привет!"}, ensure_ascii=False) + "\n",
+                       encoding="utf-8")
+    out = tmp_path / "c.jsonl"
+    common = [f"--config.prompts={prompts}", f"--config.output={out}", "--config.chat=True",
+              "--config.max_new_tokens=6", "--config.model.dtype=float32",
+              "--config.length_bucket=16", "--config.batch_size=2"]
+    assert main(["generate", f"--config.model.path={instruct[0]}", *common]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows[0]["prompt"] == instruct[1].apply_chat_template(CHAT, add_generation_prompt=True,
+                                                                tokenize=False)
+    assert rows[1]["prompt"].endswith("<|im_start|>user\nПривет!<|im_end|>\n"
+                                      "<|im_start|>assistant\n")
+    _, r = http(chat_server[0] + "/chat/completions", {"messages": CHAT, "max_tokens": 6,
+                                                       "temperature": 0})
+    assert rows[0]["completion"] == r["choices"][0]["message"]["content"]
+    capsys.readouterr()
+    assert main(["generate", f"--config.model.path={checkpoint}", *common]) == 1
+    assert "has no chat template" in capsys.readouterr().err

@@ -7,6 +7,9 @@ from conftest import random_tokens
 from jax.sharding import PartitionSpec as P
 
 from lepjax import models, parallel
+from lepjax.config import ConfigError
+from lepjax.train import loop as train_loop
+from lepjax.train import state as state_lib
 
 
 def test_eight_devices_are_simulated():
@@ -106,3 +109,47 @@ def test_logical_rules():
     assert parallel.logical_to_spec(("a", "b"), rules) == P("fsdp", None)
     with pytest.raises(KeyError, match="no sharding rule"):
         parallel.logical_to_spec(("nonsense",))
+
+
+# ---- training state and batch shardings (issue 18: found by compiling for v5e-256) -------------
+
+def test_every_state_leaf_is_sharded_on_the_mesh():
+    """Explicit shardings for every leaf, Adam's `count` included (issue 18: it lost the mesh)."""
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
+    for abstract in (False, True):
+        cfg = train_loop.default_config()
+        cfg.model.update(dict(preset="tiny_llama3", dtype="float32"))
+        cfg.data.update(dict(batch_size=8, seq_len=32))
+        cfg.train.update(dict(run_dir="unused", mtp=True, trainable="embed,layers[0]"))
+        cfg.train.lora.rank = 2
+        build = state_lib.build_abstract if abstract else state_lib.build
+        setup = build(cfg, mesh=mesh, rules=parallel.DEFAULT_RULES)
+        leaves = jax.tree_util.tree_leaves_with_path(setup.state_shardings)
+        assert any("count" in jax.tree_util.keystr(p) for p, _ in leaves)
+        for path, sh in leaves:
+            assert isinstance(sh, jax.sharding.NamedSharding) and sh.mesh == mesh, path
+        for path, x in jax.tree_util.tree_leaves_with_path((setup.state, setup.frozen)):
+            assert isinstance(x.sharding, jax.sharding.NamedSharding), path
+            assert x.sharding.mesh == mesh, path
+        moments = [sh for p, sh in leaves if "mu" in jax.tree_util.keystr(p)
+                   and "'embed'" in jax.tree_util.keystr(p)]
+        assert moments and all(sh == setup.state_shardings["trainable"]["embed"] for sh in moments)
+
+
+def test_unshardable_batch_is_an_error_naming_batch_and_mesh():
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
+    cfg = train_loop.default_config()
+    cfg.data.update(dict(batch_size=12, seq_len=32))
+    cfg.train.run_dir = "unused"
+    with pytest.raises(ConfigError, match=r"data.batch_size=12 .*\['data', 'fsdp'\].*8 devices.*"
+                                          r"'data': 2, 'fsdp': 4"):
+        state_lib.build_abstract(cfg, mesh=mesh)
+    cfg.data.batch_size = 8
+    cfg.train.micro_batches = 2
+    with pytest.raises(ConfigError, match="micro-batch of 4 rows"):
+        state_lib.build_abstract(cfg, mesh=mesh)
+    # The axes the batch is not sharded over do not count.
+    cfg.train.micro_batches = 1
+    cfg.data.batch_size = 2
+    setup = state_lib.build_abstract(cfg, mesh=parallel.make_mesh({"data": 2, "tensor": 4}))
+    assert setup.batch_sharding.spec == jax.sharding.PartitionSpec("data", None)

@@ -190,7 +190,7 @@ def test_llama3_mean_and_tied_embeddings(tmp_path):
     import tiktoken
 
     from lepjax import models
-    from lepjax.tokenizer_convert import piece_to_bytes
+    from lepjax.tokenizer.convert import piece_to_bytes
     from lepjax.vocab import extend, init_embeddings, load_vocab, save_tokenizer
 
     src = load_vocab(llama3_path())
@@ -243,3 +243,30 @@ def test_cli_init_embeddings(mistral_setup, tmp_path):
                      f"--config.output_dir={out}", "--no-progress"]) == 0
     assert json.load(open(out / "resolved_config.json"))["init"]["method"] == "merge"
     assert (out / "lepjax.json").exists() and (out / "tokenizer.json").exists()
+
+
+def test_init_embeddings_sees_the_added_tokens_of_a_tokenizer_json(mistral_setup, tmp_path):
+    """init.tokenizer = tokenizer.model beside a tokenizer.json with 100 added tokens (32,100
+    pieces, as transformers saves them): `lepjax vocab init-embeddings` adds their rows."""
+    from conftest import hf_instruct_tokenizer
+
+    import lepjax.cli.main as cli
+    from lepjax.tokenizer import load_tokenizer
+
+    added = ("<|im_start|>", "<|im_end|>") + tuple(f"<extra_id_{i}>" for i in range(98))
+    tok_dir = hf_instruct_tokenizer(tmp_path / "tok", added=added)
+    out = tmp_path / "model"
+    assert cli.main(["vocab", "init-embeddings", f"--config.tokenizer={mistral_path()}",
+                     f"--config.init.checkpoint={mistral_setup['ckpt']}",
+                     f"--config.init.tokenizer={tok_dir}", "--config.init.method=mean",
+                     f"--config.output_dir={out}", "--no-progress"]) == 0
+    E, H, _ = _arrays(mistral_setup["ckpt"])
+    E2, H2, config = _arrays(str(out))
+    assert config.vocab_size == 32128 and E2.shape == (32128, 64)
+    assert np.array_equal(E2[:32000], E) and np.array_equal(H2[:32000], H)
+    # Special added tokens start as the mean of the source rows; padding rows stay zero.
+    np.testing.assert_allclose(E2[32000:32100], np.broadcast_to(
+        E[3:].astype(np.float64).mean(0), (100, 64)), rtol=1e-5, atol=1e-6)
+    assert not E2[32100:].any()
+    tok = load_tokenizer(str(out))
+    assert tok.vocab_size == 32100 and tok.pieces[32000:32002] == list(added[:2])

@@ -112,7 +112,7 @@ def test_written_files_agree_with_lepjax(extended, tmp_path):
     import tiktoken
     from tokenizers import Tokenizer
 
-    from lepjax.tokenizer_convert import piece_to_bytes
+    from lepjax.tokenizer.convert import piece_to_bytes
     from lepjax.vocab import load_vocab, save_tokenizer
 
     texts = RU_HELDOUT + EN[:1500] + EDGE

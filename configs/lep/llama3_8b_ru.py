@@ -34,5 +34,5 @@ def get_config():
     cfg.model.remat_policy = "full"
     cfg.propagate.method = "conversion"
     cfg.export.format = "hf"
-    cfg.eval.max_lines = 5000
+    cfg.eval.max_examples = 5000
     return cfg

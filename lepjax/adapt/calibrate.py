@@ -45,32 +45,28 @@ def calibrate_changes(cfg: ConfigDict) -> dict[str, Any]:
             **{f"train.lora.{k}": v for k, v in c.lora.items()}}
 
 
-def _chat_prompt(tok, text: str) -> str:
-    """`text` as a user turn in the model's chat template (plain text without a template)."""
+def _chat_prompt(tok: Any, text: str) -> str:
+    """`text` as a user turn in the tokenizer's chat template, without the BOS text the
+    template may render (the BOS id is added once, as `prepare` does); plain text + newline
+    without a template."""
     if not tok.chat_template:
         return text + "\n"
-    return tok.render_chat([{"role": "user", "content": text}], add_generation_prompt=True)
+    p = tok.render_chat([{"role": "user", "content": text}], add_generation_prompt=True)
+    return p[len(tok.bos):] if tok.bos and p.startswith(tok.bos) else p
 
 
 def calibrate(cfg: ConfigDict, instruct: str, adapted: str, root: str) -> dict[str, Any]:
     """Tune the adapted instruct model to give the original instruct model's answers, plus copy
     tasks; returns the stage record (output `calibrated`, under `root`)."""
     from lepjax import models
-    from lepjax.tokenizer import load_tokenizer
     from lepjax.generate import Generator, SamplingParams
+    from lepjax.tokenizer import load_tokenizer
 
     c = cfg.calibrate
     texts = read_lines(cfg.target_text, c.prompts)
     model, _ = models.load(instruct, dtype=cfg.model.dtype)
     tok = load_tokenizer(instruct)
-    # Chat templates often render the BOS text; the BOS id is added once, as `prepare` does.
-    bos_text = tok.bos
-
-    def chat(text):
-        p = _chat_prompt(tok, text)
-        return p[len(bos_text):] if bos_text and p.startswith(bos_text) else p
-
-    prompts = [chat(t) for t in texts]
+    prompts = [_chat_prompt(tok, t) for t in texts]
     answers = Generator(model, batch_size=8, length_bucket=64,
                         vocab_limit=tok.vocab_size).generate(
         tok.encode(prompts, add_bos=True),
@@ -83,7 +79,7 @@ def calibrate(cfg: ConfigDict, instruct: str, adapted: str, root: str) -> dict[s
             if answer.text and answer.text.strip():
                 f.write(json.dumps({"prompt": prompt, "target": answer.text},
                                    ensure_ascii=False) + "\n")
-            copy = chat("Repeat exactly: " + text)
+            copy = _chat_prompt(tok, "Repeat exactly: " + text)
             f.write(json.dumps({"prompt": copy, "target": text}, ensure_ascii=False) + "\n")
     data = prepare_data(cfg, adapted, [pairs], os.path.join(root, "calibrate", "data"),
                         prompt_field="prompt", target_field="target")

@@ -75,15 +75,10 @@ def build_demo_family(cfg: ConfigDict, root: str) -> dict[str, Any]:
     tok = load_vocab(tok_dir)
     v = tok.vocab_size
     itok = dataclasses.replace(tok, pieces=tok.pieces + list(CHAT_TOKENS), sp_proto=None,
-                               special={**tok.special, v: CHAT_TOKENS[0], v + 1: CHAT_TOKENS[1]})
+                               special={**tok.special, v: CHAT_TOKENS[0], v + 1: CHAT_TOKENS[1]},
+                               chat_template=CHAT_TEMPLATE)
     itok_dir = os.path.join(root, "instruct_tokenizer")
     write_tokenizer_files(itok, itok_dir)
-    cfg_path = os.path.join(itok_dir, "tokenizer_config.json")
-    with open(cfg_path) as f:
-        tcfg = json.load(f)
-    tcfg["chat_template"] = CHAT_TEMPLATE
-    with open(cfg_path, "w") as f:
-        json.dump(tcfg, f, indent=2)
     pairs = os.path.join(root, "chat.jsonl")
     with open(pairs, "w", encoding="utf-8") as f:
         for line in read_lines(d.english_text, 3000):

@@ -11,10 +11,11 @@ Stages, in order (see `lepjax.adapt.stages` for how a rerun skips completed ones
   propagate  LEP: the donor's embeddings into the instruct model
   calibrate  (calibrate.enabled) self-calibration (`lepjax.adapt.calibrate`)
   export     exports of the donor and the adapted instruct model
-  evaluate   characters per token before/after, held-out bits per byte of base and donor
+  evaluate   `lepjax eval` of the base and the trained base on the held-out text: characters
+             per token before/after, bits per byte (run_dir/evaluation/results.json)
 
-The summary (`run_dir/summary.json`, also returned) has the efficiency gain, the bits per byte,
-the LEP fit residuals and where the exported models are.
+The summary (`run_dir/summary.json`, also returned) has the efficiency gain and the bits per
+byte on the first held-out file, the LEP fit residuals and where the exported models are.
 """
 
 from __future__ import annotations
@@ -28,19 +29,23 @@ from ml_collections import ConfigDict
 from lepjax import config as config_lib
 from lepjax.adapt.calibrate import calibrate, calibrate_changes, calibrate_section
 from lepjax.adapt.demo import build_demo_family, demo_section
-from lepjax.adapt.runs import (TRAIN_SECTIONS, prepare_data, read_lines, run_training,
-                               train_config)
+from lepjax.adapt.runs import TRAIN_SECTIONS, prepare_data, run_training, train_config
 from lepjax.adapt.stages import Stages
 
 STAGES = ("demo", "vocab", "prepare", "train", "propagate", "calibrate", "export", "evaluate")
 
-# Keys of the composed sections that the pipeline sets itself, and the adapt key to use instead.
+# Keys of the composed sections that the pipeline wires from stage to stage: what each holds.
 PIPELINE_KEYS = {
-    "model.path": "base", "data.paths": "target_text", "train.run_dir": "run_dir",
-    "init.checkpoint": "base", "init.tokenizer": "run_dir", "prepare.tokenizer": "base",
-    "prepare.inputs": "target_text / heldout_text", "prepare.output_dir": "run_dir",
-    "propagate.base": "base", "propagate.instruct": "instruct", "propagate.donor": "run_dir",
-    "propagate.output_dir": "run_dir", "propagate.overwrite": "run_dir",
+    "model.path": "the resized base, made from `base`", "data.paths": "`target_text`, prepared",
+    "train.run_dir": "run_dir/train", "init.checkpoint": "`base`",
+    "init.tokenizer": "the extended tokenizer", "prepare.tokenizer": "the extended tokenizer",
+    "prepare.inputs": "`target_text` / `heldout_text`", "prepare.output_dir": "run_dir/data",
+    "propagate.base": "`base`", "propagate.instruct": "`instruct`",
+    "propagate.donor": "the trained base", "propagate.output_dir": "run_dir/adapted_instruct",
+    "propagate.overwrite": "true: a stage replaces its own outputs",
+    "eval.checkpoints": "`base` and the trained base", "eval.heldout": "`heldout_text`",
+    "eval.output_dir": "run_dir/evaluation", "eval.overwrite": "true: a stage replaces its own "
+    "outputs", "eval.mesh": "adapt's `mesh` section",
 }
 EXPORT_FORMATS = ("hf", "lepjax")
 
@@ -55,7 +60,6 @@ def default_config() -> ConfigDict:
       target_text: target-language text files (vocabulary and embedding training).
       heldout_text: held-out target-language files (efficiency and bits per byte).
       export.format: hf | lepjax.
-      eval.max_lines: held-out lines used for bits per byte (0 = all).
       demo.*: the on-the-spot tiny model family (`lepjax.adapt.demo.demo_section`).
       calibrate.*: self-calibration (`lepjax.adapt.calibrate.calibrate_section`).
 
@@ -66,11 +70,15 @@ def default_config() -> ConfigDict:
       extend, init: `lepjax vocab`'s sections (`lepjax.vocab.config`), for the vocab stage.
       prepare: `lepjax prepare` (`lepjax.data.prepare.default_config`), for every tokenisation.
       propagate: `lepjax propagate` (`lepjax.lep.propagate.default_config`).
+      eval: `lepjax eval` (`lepjax.eval.evaluate.default_config`), for the evaluate stage: base
+        and trained base on `heldout_text` (bits per byte, characters per token; `max_examples`
+        lines per file, `dtype`, `batch_size`, ... and any `tasks.<name>`).
     The pipeline sets the paths between stages (`PIPELINE_KEYS`: model.path, data.paths,
     train.run_dir, init.checkpoint, prepare.inputs, propagate.base, ...); setting one is an error
     naming the adapt key to set instead.
     """
     from lepjax.data.prepare import default_config as prepare_config
+    from lepjax.eval.evaluate import default_config as eval_config
     from lepjax.lep.propagate import default_config as propagate_config
     from lepjax.train.loop import default_config as train_config_
     from lepjax.vocab.config import default_config as vocab_config
@@ -80,7 +88,7 @@ def default_config() -> ConfigDict:
         run_dir="", base="", instruct="", target_text=(), heldout_text=(),
         **{name: t[name] for name in TRAIN_SECTIONS},
         extend=v.extend, init=v.init, prepare=prepare_config(), propagate=propagate_config(),
-        calibrate=calibrate_section(), export=dict(format="hf"), eval=dict(max_lines=0),
+        eval=eval_config(), calibrate=calibrate_section(), export=dict(format="hf"),
         demo=demo_section()))
     cfg.data.update(dict(seq_len=512, batch_size=16))
     cfg.optim.update(dict(lr=2e-4, warmup_steps=100, weight_decay=0.1))
@@ -95,7 +103,7 @@ def _get(cfg: ConfigDict, dotted: str) -> Any:
     node = cfg
     for part in dotted.split("."):
         node = node[part]
-    return node
+    return config_lib.to_dict(node) if isinstance(node, ConfigDict) else node
 
 
 def _trainings(cfg: ConfigDict) -> dict[str, ConfigDict]:
@@ -129,12 +137,15 @@ def validate_config(cfg: ConfigDict) -> None:
         raise config_lib.ConfigError("run_dir is not set (where every stage of the adaptation "
                                      "writes): pass --config.run_dir=DIR")
     defaults = default_config()
-    for key, instead in PIPELINE_KEYS.items():
+    for key, what in PIPELINE_KEYS.items():
         if _get(cfg, key) != _get(defaults, key):
             raise config_lib.ConfigError(
-                f"config key {key!r} is set by the adapt pipeline from stage to stage; leave it "
-                f"unset (set {instead} instead)")
+                f"config key {key!r} is set by the adapt pipeline ({what}); leave it unset")
     config_lib.check_choice("export.format", cfg.export.format, EXPORT_FORMATS)
+    if cfg.demo.enabled:
+        from lepjax.models import PRESETS
+
+        config_lib.check_choice("demo.preset", cfg.demo.preset, sorted(PRESETS))
     for stage, tcfg in _trainings(cfg).items():
         try:
             train.validate_config(tcfg)
@@ -144,8 +155,9 @@ def validate_config(cfg: ConfigDict) -> None:
             raise config_lib.ConfigError(f"the {stage} stage's training: {e}") from None
     vocab.validate_config(cfg)
     root = os.path.abspath(cfg.run_dir)
-    p = ConfigDict(cfg.prepare.to_dict())
-    p.update(dict(tokenizer=os.path.join(root, "tokenizer"), inputs=tuple(cfg.target_text),
+    p = ConfigDict(cfg.prepare.to_dict())  # the prepare section with the paths it will get
+    p.update(dict(tokenizer=os.path.join(root, "tokenizer"),
+                  inputs=tuple(cfg.target_text) or ("target_text",),
                   output_dir=os.path.join(root, "data", "train")))
     prepare_lib.validate_config(p)
     lep.validate_config(cfg)
@@ -193,12 +205,10 @@ def _sections(cfg: ConfigDict, *names: str) -> dict[str, Any]:
 
 def adapt(cfg: ConfigDict) -> dict[str, Any]:
     """Run every stage of `cfg` (skipping completed ones); returns the summary."""
-    from lepjax.tokenizer import load_tokenizer
     from lepjax.lep.propagate import propagate
     from lepjax.train.run import export_run
     from lepjax.vocab.checkpoint import init_embeddings
     from lepjax.vocab.expand import extend
-    from lepjax.vocab.report import report
     from lepjax.vocab import load_vocab
     from lepjax.vocab.writer import save_tokenizer
 
@@ -277,25 +287,23 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
         "outputs"]
 
     def evaluate_stage():
-        from lepjax import models
-        from lepjax.eval.bpb import bits_per_byte
+        from lepjax.eval.evaluate import evaluate
 
-        rep = report({"before": load_vocab(base), "after": load_vocab(voc["tokenizer"])},
-                     {"heldout": list(cfg.heldout_text)})
-        texts = read_lines(cfg.heldout_text, cfg.eval.max_lines)
-        bpb = {}
-        for name, path in (("base", base), ("adapted_base", donor)):
-            model, _ = models.load(path, dtype="float32")
-            bpb[name] = bits_per_byte(model, load_tokenizer(path), texts)["bits_per_byte"]
-        per = rep["results"]["heldout"]
-        path = out("evaluation.json")
-        with open(path, "w") as f:
-            json.dump({"efficiency": rep, "bits_per_byte": bpb}, f, indent=2)
-        return {"outputs": {"evaluation": path},
-                "chars_per_token": {k: per[k]["chars_per_token"] for k in ("before", "after")},
-                "bits_per_byte": bpb}
+        e = ConfigDict(cfg.eval.to_dict())
+        e.update(dict(checkpoints=(f"base={base}", f"adapted_base={donor}"),
+                      heldout=tuple(cfg.heldout_text), output_dir=out("evaluation"),
+                      overwrite=True, mesh=cfg.mesh.to_dict()))
+        with open(evaluate(e)["results"], encoding="utf-8") as f:
+            results = json.load(f)
+        first = os.path.basename(os.path.normpath(cfg.heldout_text[0]))
+        lm, eff = results["language_modelling"][first], results["efficiency"][first]
+        return {"outputs": {"evaluation": out("evaluation", "results.json")},
+                "chars_per_token": {"before": eff["base"]["chars_per_token"],
+                                    "after": eff["adapted_base"]["chars_per_token"]},
+                "bits_per_byte": {k: lm[k]["bits_per_byte"] for k in ("base", "adapted_base")}}
 
-    ev = st.run("evaluate", evaluate_stage, settings=(cfg.heldout_text, cfg.eval.to_dict()))
+    ev = st.run("evaluate", evaluate_stage,
+                settings=(cfg.heldout_text, _sections(cfg, "eval"), donor))
     summary = {"run_dir": root, "chars_per_token": ev["chars_per_token"],
                "bits_per_byte": ev["bits_per_byte"], "lep_residuals": prop["residuals"],
                "exported": exported, "base": base, "instruct": instruct}

@@ -10,7 +10,7 @@ done, `fiat.infer.output` gets one JSON line per input in input order, {"index",
 "input", "rationale", "prompt", "prediction"[, "target"]}, and the two partial files go. With
 targets the summary reports exact match (stripped strings equal), accuracy (equal after SQuAD
 normalisation: case, punctuation, English articles, spaces) and token F1 (SQuAD's bag-of-tokens
-F1), from lepjax.eval.metrics.
+F1).
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
+import unicodedata
+from collections import Counter
 from typing import Any
 
 from lepjax.augment import fiat, shards
@@ -71,8 +74,14 @@ class Appender:
                     if isinstance(i, int) and i < len(shas) and row.get("sha") == shas[i]:
                         self.done[i] = row
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        cut = False
+        if os.path.isfile(path) and os.path.getsize(path):
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
         self._file = open(path, "a", encoding="utf-8")
-        self._file.write("\n")  # a killed run may have left a partial line
+        if cut:
+            self._file.write("\n")  # end the partial line a killed run left
 
     def add(self, i: int, **values: Any) -> None:
         """Append (and flush) the row of input `i`."""
@@ -109,19 +118,39 @@ def _rationales(teacher_fn, prompts: list[str], request: Any, path: str,
     return [log_.done[i]["rationale"].strip() for i in range(len(prompts))]
 
 
-def score(rows: list[dict[str, Any]], lang: str = "en") -> dict[str, float]:
-    """exact_match, accuracy and token_f1 (means over the rows that have a target)."""
-    from lepjax.eval import metrics
+ARTICLES = {"en": re.compile(r"\b(a|an|the)\b")}
 
+
+def normalize_answer(text: str, lang: str = "en") -> str:
+    """SQuAD-style: lower-case, no (Unicode) punctuation, no English articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if not unicodedata.category(ch).startswith("P"))
+    if lang in ARTICLES:
+        text = ARTICLES[lang].sub(" ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, target: str, lang: str = "en") -> float:
+    """SQuAD's bag-of-tokens F1 of the normalised prediction against the normalised target."""
+    pred, ref = normalize_answer(prediction, lang).split(), normalize_answer(target, lang).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    return 0.0 if not common else 2 * common / (len(pred) + len(ref))
+
+
+def score(rows: list[dict[str, Any]], lang: str = "en") -> dict[str, float]:
+    """exact_match (stripped strings equal), accuracy (equal after `normalize_answer`) and
+    token_f1: means over the rows that have a target. (The same definitions as
+    lepjax.eval.metrics, which augment may not import.)"""
     scored = [r for r in rows if "target" in r]
     if not scored:
         return {}
     n = len(scored)
     return {"exact_match": round(sum(r["prediction"] == r["target"].strip()
                                      for r in scored) / n, 4),
-            "accuracy": round(sum(metrics.exact_match(r["prediction"], r["target"], lang)
-                                  for r in scored) / n, 4),
-            "token_f1": round(sum(metrics.token_f1(r["prediction"], r["target"], lang)
+            "accuracy": round(sum(normalize_answer(r["prediction"], lang)
+                                  == normalize_answer(r["target"], lang) for r in scored) / n, 4),
+            "token_f1": round(sum(token_f1(r["prediction"], r["target"], lang)
                                   for r in scored) / n, 4)}
 
 

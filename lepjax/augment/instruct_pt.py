@@ -141,6 +141,7 @@ class ShardSynthesis:
                  names: Sequence[Sequence[str]], budget: Budget, sc: Any):
         self.dir, self.texts, self.names, self.budget, self.sc = directory, chain_texts, names, \
             budget, sc
+        self.sent = 0  # prompts sent to the teacher by this run
         os.makedirs(directory, exist_ok=True)
 
     def _path(self, r: int) -> str:
@@ -190,6 +191,7 @@ class ShardSynthesis:
                       if stored and outputs[k] is None}
             todo = [k for k, o in enumerate(outputs) if o is None]
             if todo:
+                self.sent += len(todo)
                 outputs, errors = self._complete(get_teacher(), prompts, todo, outputs, request,
                                                  [self.names[active[k]][r] for k in
                                                   range(len(active))], skip, r, info, active)
@@ -308,7 +310,7 @@ def synthesize(cfg: Any, *, teacher: Teacher | None = None, progress: bool | Non
         return teacher
 
     bar = tqdm(total=len(chosen), desc="instruct-pt synthesis", unit="text", disable=not progress)
-    start, chains, failed, synthesized = time.perf_counter(), [], [], 0
+    start, chains, failed, sent = time.perf_counter(), [], [], 0
     try:
         for index in range(math.ceil(len(plan) / n)):
             group = plan[index * n:(index + 1) * n]
@@ -317,22 +319,25 @@ def synthesize(cfg: Any, *, teacher: Teacher | None = None, progress: bool | Non
                                                                  group],
                 [[f"chain {index * n + j}, round {r} (text {t})" for r, t in enumerate(c)]
                  for j, c in enumerate(group)], budget, sc)
-            fresh = not shard.done()
-            entries, shard_failed = shard.run(get_teacher, request, sc.on_error == "skip")
+            try:
+                entries, shard_failed = shard.run(get_teacher, request, sc.on_error == "skip")
+            finally:
+                sent += shard.sent
             chains += [{"index": index * n + j, "texts": c, "entries": es}
                        for j, (c, es) in enumerate(zip(group, entries))]
             failed += shard_failed
-            synthesized += sum(map(len, group)) if fresh else 0
             bar.update(sum(map(len, group)))
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    log.info("instruct-pt: %d texts through the synthesizer in %.1f s", synthesized, seconds)
+    log.info("instruct-pt: %d prompts sent to the synthesizer in %.1f s (%.2f prompts/s)", sent,
+             seconds, sent / max(seconds, 1e-9))
     augmented = set(chosen)
     raw = [t for i, t in enumerate(texts) if i not in augmented]  # the raw pool: the rest only
     summary = instruct_data.write_datasets(sc, out, chains, raw, general, tok, progress)
     summary.update(texts=len(texts), texts_augmented=len(chosen), chains=len(chains),
-                   texts_synthesized=synthesized, failed_prompts=failed,
+                   prompts_sent=sent, failed_prompts=failed,
+                   texts_truncated=sum(e["truncated"] for c in chains for e in c["entries"]),
                    pairs=sum(len(e["pairs"]) for c in chains for e in c["entries"]),
                    texts_without_pairs=sum(not e["pairs"] for c in chains for e in c["entries"]))
     return summary

@@ -12,12 +12,12 @@ def add_args(p):
 
 
 def default_config():
-    from lepjax.forward import default_config
+    from lepjax.models.checksum import default_config
 
     return default_config()
 
 
 def run(args, cfg):
-    from lepjax.forward import run
+    from lepjax.models.checksum import forward_checksum
 
-    return run(cfg), cfg.output_dir or None
+    return forward_checksum(cfg), cfg.output_dir or None

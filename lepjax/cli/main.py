@@ -24,6 +24,7 @@ from typing import Any
 from lepjax import config as config_lib
 from lepjax.cli import (adapt, augment, convert, forward, generate, init, prepare, propagate,
                         serve, train, vocab)
+from lepjax.cli import compile as compile_verb
 from lepjax.cli import eval as eval_verb
 
 log = logging.getLogger("lepjax")
@@ -41,6 +42,7 @@ VERBS: dict[str, ModuleType] = {
     "eval": eval_verb,
     "augment": augment,
     "adapt": adapt,
+    "compile": compile_verb,
 }
 
 # Errors a user can cause: one line on stderr, exit 1 (the traceback with --log-level=DEBUG).

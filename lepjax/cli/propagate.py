@@ -18,7 +18,10 @@ def default_config():
 
 
 def validate(args, cfg):
+    from lepjax.lep import validate_config
+
     required(cfg, "base", "instruct", "donor", "output_dir")
+    validate_config(cfg)
 
 
 def run(args, cfg):

@@ -17,6 +17,12 @@ def default_config():
     return default_config()
 
 
+def validate(args, cfg):
+    from lepjax.train import validate_config
+
+    validate_config(cfg)
+
+
 def plan(args, cfg):
     from lepjax.cli.common import device_plan
 

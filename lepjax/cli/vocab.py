@@ -35,7 +35,10 @@ def default_config():
 
 
 def validate(args, cfg):
+    from lepjax.vocab import validate_config
+
     required(cfg, "output_dir")
+    validate_config(cfg)
 
 
 def run(args, cfg):

@@ -108,11 +108,10 @@ class Engine:
                     try:
                         result = fn(*task)
                         break
-                    except Exception:
+                    except Exception as e:
                         if attempt == retries:
                             raise
-                        log.warning("task %d of %s failed; retrying", i, fn.__name__,
-                                    exc_info=True)
+                        log.warning("task %d of %s failed (%s); retrying", i, fn.__name__, e)
                 yield i, result
             return
         from distributed import as_completed
@@ -188,8 +187,20 @@ _LOCAL: dict[tuple, Any] = {}
 _LOCAL_CLUSTERS: list[Any] = []
 
 
+def _quiet() -> None:
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def _close_local_clusters() -> None:
+    """Close this process's local clusters quietly (workers and scheduler log their shutdown)."""
+    _quiet()
     for client in _LOCAL.values():
+        try:
+            client.run(_quiet)
+        except Exception:  # a worker already gone: nothing to quieten
+            pass
         client.close()
     for cluster in _LOCAL_CLUSTERS:
         cluster.close()

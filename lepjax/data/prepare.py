@@ -240,6 +240,8 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         elif oi != ni:
             changed = sorted({str(a[0]) for a, b in zip(oi, ni) if a != b})
             out.append(f"inputs (the content of {', '.join(changed)} changed)")
+        elif old["inputs"] != new["inputs"]:
+            out.append("inputs (the shard now covers other examples of them)")
     return out
 
 
@@ -370,8 +372,10 @@ def prepare(cfg: Any, *, progress: bool = True) -> dict[str, Any]:
         records.remove_stale_temp_files(out)
         todo = [i for i in range(len(plan)) if i not in done]
         workers = engine.num_workers
-        log.info("prepare %s: %d shards planned from %d chunks, %d already complete, %d to write "
-                 "on %d worker(s)", out, len(plan), len(chunks), len(done), len(todo), workers)
+        log.info("prepare %s: %d examples in %d chunks scanned in %.1f s; %d shards, %d already "
+                 "complete, %d to write on %d worker(s)", out, sum(c["count"] for c in chunks),
+                 len(chunks), time.perf_counter() - start, len(plan), len(done), len(todo),
+                 workers)
         bar = tqdm(desc=f"prepare {os.path.basename(out)}", total=len(plan), initial=len(done),
                    unit="shard", disable=not progress)
         tokens_done = 0

@@ -208,7 +208,8 @@ def evaluate(cfg: ConfigDict) -> dict[str, Any]:
             "tokenizer": tok.path, "tokenizer_vocab_size": tok.vocab_size,
             "model_vocab_size": mc.vocab_size, "num_params": mc.num_params}
         scorer = Scorer(model, mesh=mesh, rules=rules, batch_size=cfg.batch_size,
-                        length_bucket=cfg.length_bucket, padding=cfg.padding, max_len=max_len)
+                        length_bucket=cfg.length_bucket, padding=cfg.padding, max_len=max_len,
+                        vocab_limit=tok.vocab_size)
         generator = Generator(model, mesh=mesh, rules=rules, batch_size=cfg.batch_size,
                               length_bucket=cfg.length_bucket, vocab_limit=tok.vocab_size)
         for name, src in _names(cfg.heldout).items():

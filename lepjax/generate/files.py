@@ -19,6 +19,10 @@ def default_config() -> ConfigDict:
       tokenizer: tokenizer file or directory (empty = the model directory).
       prompts: a .txt file (one prompt per line) or .jsonl (field `prompt_field`).
       prompt_field: JSONL field holding the prompt.
+      chat: render each prompt as a user message (or a JSONL row's `messages_field`, a list of
+        {"role", "content"}) through the tokenizer's chat template, with the generation prompt;
+        decoding then also stops at the template's end-of-turn token.
+      messages_field: JSONL field holding a conversation (with chat=True).
       output: JSONL file to write ({"prompt", "completion", "tokens", "finish_reason"} per line).
       max_new_tokens, temperature, top_k, top_p, seed: sampling (temperature 0 = greedy).
       stop: stop strings; eos: also stop at the tokenizer's EOS (and end-of-turn stop ids).
@@ -30,24 +34,34 @@ def default_config() -> ConfigDict:
 
     return ConfigDict(dict(
         model=model_section(), mesh=mesh_section(), tokenizer="", prompts="",
-        prompt_field="prompt", output="", max_new_tokens=128, temperature=0.0, top_k=0,
+        prompt_field="prompt", chat=False, messages_field="messages", output="", max_new_tokens=128, temperature=0.0, top_k=0,
         top_p=1.0, seed=0, stop=(), eos=True, add_bos=True, batch_size=8, length_bucket=64))
 
 
 def generate_file(cfg: ConfigDict) -> dict[str, Any]:
     """Completions of `cfg.prompts` written to `cfg.output` (atomically); returns a summary."""
     from lepjax.generate.generator import Generator, SamplingParams
-    from lepjax.generate.load import load_for_decoding, read_prompts
+    from lepjax.generate.load import (chat_stop_ids, load_for_decoding, read_chat_prompts,
+                                      read_prompts)
 
     if not cfg.output:
         raise ValueError("output is not set")
-    texts = read_prompts(cfg.prompts, cfg.prompt_field)  # bad input fails before any weight
-    model, tok, mesh, rules = load_for_decoding(cfg)
-    prompts = tok.encode(texts, add_bos=cfg.add_bos)
+    # Bad input fails before any weight is read.
+    if cfg.chat:
+        conversations = read_chat_prompts(cfg.prompts, cfg.prompt_field, cfg.messages_field)
+    else:
+        texts = read_prompts(cfg.prompts, cfg.prompt_field)
+    model, tok, mesh, rules = load_for_decoding(cfg, chat=cfg.chat)
+    if cfg.chat:
+        # As transformers' apply_chat_template: the template writes any BOS itself.
+        texts = [tok.render_chat(m, add_generation_prompt=True) for m in conversations]
+        prompts = tok.encode(texts)
+    else:
+        prompts = tok.encode(texts, add_bos=cfg.add_bos)
+    stops = (chat_stop_ids(tok) if cfg.chat else tok.stop_ids) if cfg.eos else ()
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p, seed=cfg.seed, stop=tuple(cfg.stop),
-        eos_ids=tok.stop_ids if cfg.eos else ())
+        top_p=cfg.top_p, seed=cfg.seed, stop=tuple(cfg.stop), eos_ids=tuple(stops))
     gen = Generator(model, mesh=mesh, rules=rules, batch_size=cfg.batch_size,
                     length_bucket=cfg.length_bucket, vocab_limit=tok.vocab_size)
     start = time.perf_counter()

@@ -14,7 +14,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from lepjax.generate.requests import BadRequest
+from lepjax.generate.requests import BadRequest, finish_reason
 
 log = logging.getLogger("lepjax.serve")
 MAX_BODY_BYTES = 64 << 20
@@ -86,8 +86,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stream(self, app, job, chat: bool) -> None:
         """Server-sent events of a queued job: text deltas as they come, finish reasons, [DONE]."""
-        from lepjax.generate.server import finish_reason
-
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": app.model_name}

@@ -11,8 +11,23 @@ import os
 from typing import Any
 
 
-def load_for_decoding(cfg: Any):
+# End-of-turn tokens of common chat templates: chat decoding stops at the one a template uses.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>")
+
+
+def chat_stop_ids(tokenizer) -> tuple[int, ...]:
+    """Where a chat reply ends: the tokenizer's stop ids (EOS, ...) and the end-of-turn token
+    its chat template writes."""
+    template = tokenizer.chat_template or ""
+    turn = [tokenizer.piece_to_id[t] for t in END_OF_TURN
+            if t in template and t in tokenizer.piece_to_id]
+    return tuple(dict.fromkeys(tuple(tokenizer.stop_ids) + tuple(turn)))
+
+
+def load_for_decoding(cfg: Any, chat: bool = False):
     """(model, tokenizer, mesh, rules) of a config with model.*, mesh.* and tokenizer keys.
+
+    With `chat`, a tokenizer without a chat template is refused before any weight is read.
 
     The model computes as `cfg.model` says (dtype, attention, ...: run options, whatever the
     directory was trained with). The tokenizer is `cfg.tokenizer`, or the model directory's own;
@@ -20,18 +35,37 @@ def load_for_decoding(cfg: Any):
     vocabulary: embedding rows past it are padding (pass it as `Generator(vocab_limit=...)`).
     """
     from lepjax import models, parallel
+    from lepjax.models.attention import decode_kernels
     from lepjax.tokenizer import load_tokenizer
 
-    models.validate_compute(cfg.model)
     source = cfg.tokenizer or cfg.model.path
     if not source:
         raise ValueError("set tokenizer (or model.path to a directory holding one): decoding "
                          "needs a tokenizer")
     tok = load_tokenizer(source)
+    if chat and not tok.chat_template:
+        raise ValueError(f"chat=True, but the tokenizer {tok.path} has no chat template "
+                         "(tokenizer_config.json chat_template or chat_template.jinja)")
     mesh, rules = parallel.mesh_from_config(cfg.mesh)
+    # A kernel that cannot decode here is refused before the weights are read.
+    compute = models.validate_compute(cfg.model)
+    decode_kernels(compute.attention, compute.dtype, length_bucket=cfg.get("length_bucket", 64),
+                   head_dim=_architecture(cfg.model).head_dim,
+                   platform=mesh.devices.flat[0].platform)
     model = models.from_config(cfg.model, mesh=mesh, rules=rules)
     tok.check_fits(model.config.vocab_size, f"the model {cfg.model.path or cfg.model.preset}")
     return model, tok, mesh, rules
+
+
+def _architecture(section: Any):
+    """The `ModelConfig` a `model` section names, read without any weight."""
+    from lepjax import models
+
+    if not section.get("path"):
+        return models.get_preset(section.preset)
+    if models.detect_format(section.path) == "lepjax":
+        return models.io.read_lepjax_config(section.path)
+    return models.ModelConfig.from_hf(section.path)
 
 
 def read_prompts(path: str, field: str = "prompt") -> list[str]:

@@ -1,4 +1,5 @@
-"""OpenAI request bodies -> what to decode: checked, with errors that name the field.
+"""OpenAI request bodies -> what to decode (checked, with errors that name the field), and the
+small pieces of the responses.
 
 `parse_completion_request` reads a /v1/completions body, `parse_chat_request` a
 /v1/chat/completions body; both return the prompts (strings, or one conversation) and the
@@ -95,3 +96,14 @@ def parse_chat_request(body: Any, model_name: str) -> tuple[list[dict[str, str]]
         raise BadRequest(str(e), "messages") from None
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     return messages, _sampling(body, key, 256)
+
+
+def finish_reason(completion) -> str:
+    """OpenAI's finish_reason: "length" when max_tokens ran out, else "stop"."""
+    return "length" if completion.finish_reason == "length" else "stop"
+
+
+def usage(prompts: list[list[int]], outs) -> dict[str, int]:
+    """The usage object: prompt, completion and total token counts."""
+    n_in, n_out = sum(map(len, prompts)), sum(len(c.tokens) for c in outs)
+    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}

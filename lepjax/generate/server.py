@@ -35,11 +35,10 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from lepjax.generate.requests import BadRequest, parse_chat_request, parse_completion_request
+from lepjax.generate.requests import (BadRequest, finish_reason, parse_chat_request,
+                                     parse_completion_request, usage)
 
 log = logging.getLogger("lepjax.serve")
-# End-of-turn tokens of common chat templates: decoding stops at the one the template uses.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>")
 
 
 def default_config() -> ConfigDict:
@@ -90,6 +89,7 @@ class Server:
                  model_name: str = "lepjax"):
         from lepjax import parallel
         from lepjax.generate.generator import Generator
+        from lepjax.generate.load import chat_stop_ids
 
         self.tokenizer, self.model_name, self.add_bos = tokenizer, model_name, add_bos
         self.context = model.config.max_position_embeddings
@@ -97,11 +97,8 @@ class Server:
                                    batch_size=batch_size, length_bucket=length_bucket,
                                    steps_per_sync=steps_per_sync,
                                    vocab_limit=tokenizer.vocab_size)
-        template = tokenizer.chat_template or ""
-        turn = [tokenizer.piece_to_id[t] for t in END_OF_TURN
-                if t in template and t in tokenizer.piece_to_id]
         self.stop_ids = tuple(tokenizer.stop_ids)
-        self.chat_stop_ids = tuple(dict.fromkeys(self.stop_ids + tuple(turn)))
+        self.chat_stop_ids = chat_stop_ids(tokenizer)
         self.batch_size, self.max_wait_s = batch_size, max_wait_ms / 1000
         self.host, self.port = host, port
         self._pending: list[_Job] = []
@@ -292,17 +289,6 @@ class Server:
             outs = outs[len(job.prompts):]
             if job.updates is not None:
                 job.updates.put(None)
-
-
-def finish_reason(completion) -> str:
-    """OpenAI's finish_reason: "length" when max_tokens ran out, else "stop"."""
-    return "length" if completion.finish_reason == "length" else "stop"
-
-
-def usage(prompts: list[list[int]], outs) -> dict[str, int]:
-    """The usage object: prompt, completion and total token counts."""
-    n_in, n_out = sum(map(len, prompts)), sum(len(c.tokens) for c in outs)
-    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
 
 
 def serve(cfg: ConfigDict) -> None:

@@ -63,8 +63,7 @@ class StepBuilder:
         full = P.merge(trainable, frozen, self.selection)
         if self.lora is not None:
             full = lora_lib.apply(full, self.lora, self.num_layers)
-        state = jax.tree.unflatten(self.treedef, [full[p] for p in self.paths])
-        return nnx.merge(self.graphdef, state)
+        return nnx.merge(self.graphdef, P.unflatten_tree(self.treedef, full, self.paths))
 
     def scores(self, head, hidden, targets) -> TokenScores:
         return token_scores(hidden, head, targets, chunk=self.cfg.loss_chunk,

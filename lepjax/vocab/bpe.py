@@ -2,7 +2,7 @@
 
 A BPE vocabulary whose merge rule is "join the adjacent pair whose concatenation is the
 highest-priority piece" is described by its pieces in priority order (see
-`lepjax.tokenizer_convert.merges_from_order`). A `tokenizer.json` written by another tool has a
+`lepjax.tokenizer.convert.merges_from_order`). A `tokenizer.json` written by another tool has a
 merge list of its own, which is kept verbatim: extension only inserts merges, so the source's
 merges, and with priority `after` its encoding of text without new pieces, are untouched.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lepjax.tokenizer_convert import merges_from_order
+from lepjax.tokenizer.convert import merges_from_order
 
 
 def order_from_merges(vocab: dict[str, int], merges: Sequence[tuple[str, str]]) -> list[str]:

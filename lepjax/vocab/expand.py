@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from lepjax.tokenizer_convert import BYTE_LEVEL
+from lepjax.tokenizer.convert import BYTE_LEVEL
 from lepjax.vocab.config import PRIORITIES
 from lepjax.vocab.tokenizer import VocabTokenizer
 from lepjax.vocab.train import auxiliary_merges, train_replacement

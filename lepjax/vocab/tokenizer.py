@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lepjax import tokenizer_convert as convert
+from lepjax.tokenizer import convert
 from lepjax.tokenizer import Tokenizer, load_tokenizer
-from lepjax.tokenizer_convert import BYTE_LEVEL, SENTENCEPIECE
+from lepjax.tokenizer.convert import BYTE_LEVEL, SENTENCEPIECE
 from lepjax.vocab import bpe
 
 

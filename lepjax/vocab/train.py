@@ -17,8 +17,8 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-from lepjax import tokenizer_convert as convert
-from lepjax.tokenizer_convert import SENTENCEPIECE
+from lepjax.tokenizer import convert
+from lepjax.tokenizer.convert import SENTENCEPIECE
 from lepjax.vocab.corpus import count_lines, iter_lines
 from lepjax.vocab.tokenizer import VocabTokenizer, from_document, from_sentencepiece_proto
 

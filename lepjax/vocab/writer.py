@@ -13,7 +13,7 @@ import os
 import shutil
 from typing import Any
 
-from lepjax.tokenizer_convert import BYTE_LEVEL, dumps
+from lepjax.tokenizer.convert import BYTE_LEVEL, dumps
 from lepjax.vocab.tokenizer import VocabTokenizer
 
 VOCAB_META = "vocab.json"

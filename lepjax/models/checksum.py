@@ -1,4 +1,4 @@
-"""`lepjax forward`: one sharded forward pass, reported as a logits checksum.
+"""One sharded forward pass, reported as a logits checksum (`lepjax forward`).
 
 A smoke test of a model directory or preset on the current devices: it loads (or initialises) the
 model on the mesh, runs the jitted forward on fixed token ids and prints a checksum that must be
@@ -38,8 +38,8 @@ def default_config():
                            seed=0, output_dir=""))
 
 
-def run(cfg: Any) -> dict[str, Any]:
-    """Run the forward pass described by `cfg` (see `configs/forward.py`); returns the report."""
+def forward_checksum(cfg: Any) -> dict[str, Any]:
+    """Run the forward pass described by `cfg` (see `default_config`); returns the report."""
     import jax
 
     from lepjax import models, parallel

@@ -1,23 +1,6 @@
-"""THE runtime tokenizer: one way to read a tokenizer, for every package of lepjax.
+"""The runtime `Tokenizer`: resolving a tokenizer file or directory, special tokens, encoding.
 
-    tok = load_tokenizer("path/to/model_dir")        # or a tokenizer.json / tokenizer.model file
-    ids = tok.encode(["Привет, мир", "Hello"], add_bos=True)
-    tok.decode(ids[0]), tok.bos_id, tok.eos_id, tok.stop_ids, tok.render_chat(messages)
-    tok.check_fits(model_config.vocab_size, "model_dir")
-
-Resolving a directory follows transformers: a `tokenizer.json` (with its added tokens) wins over
-`tokenizer.model`; a `tokenizer.model` alone is read as a SentencePiece model, or as a tiktoken
-ranks file (Llama 3's original tokenizer, also looked for under `original/`). Encoding runs
-through the `tokenizers` library: on the file itself for a `tokenizer.json` (so ids equal that
-library's on any file), on an equivalent document for the other two
-(`lepjax.tokenizer_convert`).
-
-Special tokens come from the tokenizer files beside it, parsed here and nowhere else:
-`tokenizer_config.json` (bos/eos/unk tokens, chat template), else
-`special_tokens_map.json`, else the format's own convention (SentencePiece trainer ids,
-`<|begin_of_text|>`/`<|end_of_text|>`, `<s>`/`</s>`); `generation_config.json`'s
-`eos_token_id`s are extra stop ids; `chat_template.jinja` / `chat_template.json` hold the
-chat template when the config does not.
+See the package docstring (`lepjax.tokenizer`) for the rules.
 """
 
 from __future__ import annotations
@@ -29,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
-from lepjax import tokenizer_convert as convert
+import lepjax.tokenizer.convert as convert
 
 BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>")
 EOS_CANDIDATES = ("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>")

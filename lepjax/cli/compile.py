@@ -1,0 +1,71 @@
+"""`lepjax compile`: will this recipe fit on that topology? AOT-compile its train step there.
+
+    lepjax compile --config=configs/lep/llama3_8b_ru.py --target=v5e-256 \
+        --config.model.preset=llama3_8b --output=runs/fit/v5e-256.json
+
+Compiles on this machine (no TPU needed: libtpu's deviceless topologies, the `compile` extra)
+and prints per-device memory, collectives and Mosaic kernels; exits 1 when it does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lepjax.cli.common import add_config_flag
+
+HELP = "AOT-compile a train / adapt config's train step for a TPU topology: memory per chip"
+
+
+def add_args(p):
+    p.add_argument("--target", required=True,
+                   help="a TPU slice: v5e-256, v5p-128, v4-32, v6e-64, or 2xv5e-256 (multi-slice)")
+    p.add_argument("--num_slices", type=int, default=1, help="slices of the target (DCN)")
+    p.add_argument("--stage", default="",
+                   help="adapt configs: which training of the pipeline (default: every one)")
+    p.add_argument("--output", default="", help="also write the report as JSON to this file")
+    add_config_flag(p, "a `lepjax train` or `lepjax adapt` config, e.g. configs/lep/llama3_8b_ru.py; "
+                       "the architecture comes from model.path's config.json or model.preset")
+
+
+def default_config():
+    from lepjax.train.loop import default_config
+
+    return default_config()
+
+
+def _trainings(args, cfg) -> dict:
+    if "run_dir" in cfg and "demo" in cfg:  # an adapt config: its trainings
+        from lepjax.adapt import trainings
+
+        runs = trainings(cfg)
+        if args.stage:
+            if args.stage not in runs:
+                raise ValueError(f"--stage={args.stage!r}: this adapt config trains "
+                                 f"{sorted(runs)}")
+            runs = {args.stage: runs[args.stage]}
+        return runs
+    return {"train": cfg}
+
+
+def run(args, cfg):
+    from lepjax import compile as aot
+
+    tgt = aot.target(args.target, args.num_slices)
+    reports = {name: aot.compile_train_step(t, tgt) for name, t in _trainings(args, cfg).items()}
+    for name, r in reports.items():
+        if r["fits"]:
+            print(f"{name} on {r['target']}: {r['total_gib']:.2f} GiB per device of "
+                  f"{r['hbm_gib']} GiB (arguments {r['argument_gib']:.2f}, temporaries "
+                  f"{r['temp_gib']:.2f}, outputs {r['output_gib']:.2f})")
+        else:
+            print(f"{name} on {r['target']}: does not fit: {r['error']}")
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(reports, f, indent=2)
+    bad = [n for n, r in reports.items() if not r["fits"]]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} does not fit on {args.target} "
+                         f"(report: {args.output or 'above'})")
+    return reports, None

@@ -1,0 +1,158 @@
+"""FIAT as Wang, Wieting and Clark define it: fiat-infer keeps the rationales (and predictions) it
+had when killed and a rerun asks the teacher only for the rest; a record too long for seq_len is
+cut in x only (never I_τ, the rationale or y) or refused; accuracy and token F1 beside exact
+match. The teacher is a fake OpenAI server on 127.0.0.1 (tests/fake_openai.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import MISTRAL_SP, tiny_sp_checkpoint
+from fake_openai import FakeServer
+from lepjax import config as config_lib
+from lepjax.augment import fiat, fiat_infer, shards
+from lepjax.data import records
+from lepjax.tokenizer import load_tokenizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CONFIGS = os.path.join(REPO, "configs", "fiat")
+RUN_INFER = """
+import sys
+from lepjax import config as config_lib
+from lepjax.augment.fiat_infer import infer
+infer(config_lib.load(sys.argv[1], [tuple(a.split("=", 1)) for a in sys.argv[2:]]))
+"""
+
+
+def rationale(prompt):
+    return f" Because of input {prompt.rsplit('Input: ', 1)[1].split(chr(10))[0][:20]}.\n"
+
+
+def write_inputs(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return str(path)
+
+
+def teacher_overrides(url):
+    return [("teacher.backend", "openai"), ("teacher.url", url), ("teacher.concurrency", "1"),
+            ("teacher.max_retries", "0"), ("teacher.timeout_s", "30"), ("progress", "false")]
+
+
+def test_fiat_infer_killed_keeps_rationales_and_rerun_sends_only_the_rest(tmp_path):
+    student = tiny_sp_checkpoint(tmp_path / "student", "tiny_llama2", seed=1)
+    rows = [{"question": f"Вопрос {i}: есть ли ответ?", "label": "да" if i % 2 else "нет"}
+            for i in range(8)]
+    inputs = write_inputs(tmp_path / "in.jsonl", rows)
+    preds = tmp_path / "preds.jsonl"
+    with FakeServer(rationale, delay_s=0.3) as server:
+        overrides = teacher_overrides(server.url) + [
+            ("fiat.inputs", inputs), ("fiat.input_field", "question"),
+            ("fiat.target_field", "label"), ("fiat.tokenizer", student),
+            ("fiat.infer.student", student), ("fiat.infer.output", str(preds)),
+            ("fiat.infer.dtype", "float32"), ("fiat.infer.max_new_tokens", "3"),
+            ("fiat.infer.length_bucket", "64"), ("fiat.infer.batch_size", "4")]
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN_INFER, os.path.join(CONFIGS, "infer.py")]
+            + [f"{k}={v}" for k, v in overrides], cwd=REPO, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cache = tmp_path / "preds.jsonl.rationales.jsonl"
+        deadline = time.time() + 180
+        while not cache.exists() or len(cache.read_text().splitlines()) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kept = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+        assert 3 <= len(kept) < len(rows) and not preds.exists()
+        sent = len(server.prompts)
+        cfg = config_lib.load(os.path.join(CONFIGS, "infer.py"), overrides)
+        summary = fiat_infer.infer(cfg)
+        resent = server.prompts[sent:]
+    assert len(resent) == len(rows) - len(kept)  # only the rationales it did not have
+    kept_inputs = {rows[r["index"]]["question"] for r in kept}
+    assert not [p for p in resent if any(q in p for q in kept_inputs)]
+    out = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    assert [r["input"] for r in out] == [r["question"] for r in rows]
+    for r in out:
+        assert r["rationale"] == rationale("Input: " + r["input"]).strip()
+        assert "Reasoning: " + r["rationale"] in r["prompt"]
+    assert {"exact_match", "accuracy", "token_f1"} <= set(summary)
+    assert not cache.exists() and not (tmp_path / "preds.jsonl.predictions.jsonl").exists()
+
+
+def test_predictions_already_on_disk_are_reused(tmp_path):
+    """A rerun after the student had answered some inputs decodes only the others."""
+    path = tmp_path / "p.jsonl"
+    shas = [shards.sha(p) for p in ("a", "b", "c")]
+    log = fiat_infer.Appender(str(path), shas)
+    log.add(0, prediction="yes")
+    log.add(2, prediction="no")
+    log.close()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"index": 1, "sha": "')  # the line a kill cut short
+    again = fiat_infer.Appender(str(path), [shas[0], shas[1], shards.sha("changed")])
+    assert {i: r["prediction"] for i, r in again.done.items()} == {0: "yes"}
+    again.add(1, prediction="maybe")
+    again.close()
+    assert set(fiat_infer.Appender(str(path), shas).done) == {0, 1, 2}
+
+
+def fiat_cfg(tmp_path, url, inputs, **fiat_keys):
+    cfg = config_lib.load(os.path.join(CONFIGS, "augment.py"), teacher_overrides(url) + [
+        ("fiat.inputs", inputs), ("fiat.input_field", "question"),
+        ("fiat.target_field", "label"), ("fiat.tokenizer", MISTRAL_SP),
+        ("fiat.output_dir", str(tmp_path / "out")), ("fiat.records_per_shard", "2")])
+    cfg.fiat.update(fiat_keys)
+    return cfg
+
+
+def test_an_over_long_record_is_cut_in_x_only_or_refused(tmp_path):
+    long_x = "Вопрос: что написано? Passage: " + "Москва стоит на реке. " * 60
+    rows = [{"question": long_x, "label": "да"}, {"question": "Короткий вопрос?", "label": "нет"}]
+    inputs = write_inputs(tmp_path / "long.jsonl", rows)
+    tok = load_tokenizer(MISTRAL_SP)
+    with FakeServer(rationale) as server:
+        with pytest.raises(shards.AugmentError, match=r"record 0 \(long.jsonl:1\).*fiat.seq_len"):
+            fiat.augment(fiat_cfg(tmp_path, server.url, inputs, seq_len=128, on_long="error"))
+        summary = fiat.augment(fiat_cfg(tmp_path / "t", server.url, inputs, seq_len=128))
+    assert summary["records_truncated_this_run"] == 1
+    text = shards.read_text_shard(summary["text"], 0)
+    ds = records.open_dataset(summary["tokens"])
+    assert ds.metadata["max_record_tokens"] <= 128
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(ds.shard_paths[0])
+    recs = [records.decode(b) for b in reader.read([0, 1])]
+    cfg = fiat_cfg(tmp_path, "", inputs)
+    for row, rec, x in zip(text, recs, rows):
+        assert len(rec["tokens"]) <= 128
+        head, rest = row["prompt"].split("\n\nInput: ", 1)
+        x_in_prompt, tail = rest.split("\n\nReasoning: ", 1)
+        assert head == cfg.fiat.task_instruction  # I_τ whole
+        assert tail == row["rationale"] + "\n\nAnswer:"  # the rationale whole
+        assert x["question"].startswith(x_in_prompt)
+        assert row["input_truncated"] == (x is rows[0]) == (x_in_prompt != x["question"])
+        target = tok.decode(rec["tokens"][rec["loss_mask"] == 1].tolist())
+        assert target.strip() == x["label"]  # the target whole (EOS skipped by decode)
+    assert len(recs[0]["tokens"]) > 100  # cut to fit, not to nothing
+
+
+def test_accuracy_and_token_f1_beside_exact_match():
+    rows = [{"prediction": "Yes.", "target": "yes"},
+            {"prediction": "the Moskva river", "target": "Moskva river"},
+            {"prediction": "no", "target": "no"},
+            {"prediction": "1147 year", "target": "in 1147"}]
+    got = fiat_infer.score(rows)
+    assert got["exact_match"] == 0.25  # only "no" is the same string
+    assert got["accuracy"] == 0.75  # after normalising case, punctuation and articles
+    assert got["token_f1"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+    assert fiat_infer.score([{"prediction": "x"}]) == {}
