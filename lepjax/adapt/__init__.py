@@ -7,6 +7,7 @@
     calibrate.py  self-calibration of the adapted instruct model
 """
 
-from lepjax.adapt.pipeline import STAGES, adapt, default_config, plan, validate_config
+from lepjax.adapt.pipeline import (STAGES, adapt, default_config, plan, trainings,
+                                   validate_config)
 
-__all__ = ["STAGES", "adapt", "default_config", "plan", "validate_config"]
+__all__ = ["STAGES", "adapt", "default_config", "plan", "trainings", "validate_config"]

@@ -106,8 +106,9 @@ def _get(cfg: ConfigDict, dotted: str) -> Any:
     return config_lib.to_dict(node) if isinstance(node, ConfigDict) else node
 
 
-def _trainings(cfg: ConfigDict) -> dict[str, ConfigDict]:
-    """The `lepjax train` config of every training the pipeline will run, by stage name."""
+def trainings(cfg: ConfigDict) -> dict[str, ConfigDict]:
+    """The `lepjax train` config of each training stage the pipeline will run (`train`, and
+    `calibrate` when enabled), by stage name, with the paths the pipeline will give them."""
     root = os.path.abspath(cfg.run_dir)
     out = {"train": train_config(cfg, path=os.path.join(root, "base_resized"),
                                  data=os.path.join(root, "data", "train"),
@@ -146,7 +147,7 @@ def validate_config(cfg: ConfigDict) -> None:
         from lepjax.models import PRESETS
 
         config_lib.check_choice("demo.preset", cfg.demo.preset, sorted(PRESETS))
-    for stage, tcfg in _trainings(cfg).items():
+    for stage, tcfg in trainings(cfg).items():
         try:
             train.validate_config(tcfg)
         except config_lib.ConfigError as e:
@@ -168,12 +169,12 @@ def plan(cfg: ConfigDict) -> dict[str, Any]:
     training, its run directory and shape (for `--dry_run`)."""
     stages = [s for s in STAGES if (s != "demo" or cfg.demo.enabled)
               and (s != "calibrate" or cfg.calibrate.enabled)]
-    trainings = {}
-    for stage, t in _trainings(cfg).items():
-        trainings[stage] = {"run_dir": t.train.run_dir, "steps": t.train.steps,
-                            "trainable": t.train.trainable, "lora_rank": t.train.lora.rank,
-                            "seq_len": t.data.seq_len, "batch_size": t.data.batch_size}
-    return {"stages": stages, "trainings": trainings}
+    runs = {}
+    for stage, t in trainings(cfg).items():
+        runs[stage] = {"run_dir": t.train.run_dir, "steps": t.train.steps,
+                       "trainable": t.train.trainable, "lora_rank": t.train.lora.rank,
+                       "seq_len": t.data.seq_len, "batch_size": t.data.batch_size}
+    return {"stages": stages, "trainings": runs}
 
 
 def check_inputs(cfg: ConfigDict) -> None:
@@ -218,10 +219,10 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
     st = Stages(root)
     out = lambda *p: os.path.join(root, *p)  # noqa: E731
     base, instruct = cfg.base, cfg.instruct
-    trainings = _sections(cfg, "model", "data", "optim", "train")  # mesh: a run option
+    train_settings = _sections(cfg, "model", "data", "optim", "train")  # mesh: a run option
     if cfg.demo.enabled:
         fam = st.run("demo", lambda: build_demo_family(cfg, out("demo")),
-                     settings=(_sections(cfg, "demo", "prepare"), trainings),
+                     settings=(_sections(cfg, "demo", "prepare"), train_settings),
                      reset=(out("demo"),))["outputs"]
         base, instruct = fam["base"], fam["instruct"]
 
@@ -255,7 +256,7 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
                            overwrite=True)
         return {"outputs": {"donor": donor}, "final_loss": result.get("loss")}
 
-    donor = st.run("train", train_stage, settings=trainings,
+    donor = st.run("train", train_stage, settings=train_settings,
                    reset=(out("train"),))["outputs"]["donor"]
 
     def propagate_stage():
@@ -270,7 +271,7 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
     adapted = prop["outputs"]["adapted"]
     if cfg.calibrate.enabled:
         adapted = st.run("calibrate", lambda: calibrate(cfg, instruct, adapted, root),
-                         settings=(_sections(cfg, "calibrate"), trainings),
+                         settings=(_sections(cfg, "calibrate"), train_settings),
                          reset=(out("calibrate"),))["outputs"]["calibrated"]
 
     def export_stage():

@@ -24,3 +24,21 @@ def default_config() -> ConfigDict:
 
     return ConfigDict(dict(mesh=parallel.mesh_section(), teacher=teacher_section(),
                            fiat=fiat_section(), synth=synth_section(), progress=True))
+
+
+def validate_config(cfg: ConfigDict) -> None:
+    """Check the enumerated keys of an augment config (model-free, before any file is read):
+    teacher.backend, fiat.on_error, fiat.on_long, synth.separator, synth.on_error; a ConfigError
+    names the key and the closest valid values."""
+    from lepjax.config import ConfigError, check_choice
+
+    checks = [("teacher.backend", ("local", "openai")), ("fiat.on_error", ("fail", "skip")),
+              ("fiat.on_long", ("truncate", "error")), ("synth.separator", ("eos_bos", "text")),
+              ("synth.on_error", ("fail", "skip"))]
+    for key, choices in checks:
+        section, name = key.split(".")
+        if section in cfg and name in cfg[section]:
+            check_choice(key, cfg[section][name], choices)
+    if "synth" in cfg and not 0 < float(cfg.synth.augment_fraction) <= 1:
+        raise ConfigError(f"config key 'synth.augment_fraction' = {cfg.synth.augment_fraction!r} "
+                          "is not valid (expected 0 < fraction <= 1)")

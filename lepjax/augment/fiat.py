@@ -13,7 +13,8 @@
 A record whose prompt plus target does not fit `seq_len` (the student's training rows) is cut in
 x only, never in the instruction, the rationale or the target, and marked `input_truncated`;
 with `on_long=error` it is refused instead (the loader would otherwise split it and train the
-answer without its prompt). Finished shards are skipped on a rerun (see lepjax.augment.shards); `lepjax augment fiat-infer`
+answer without its prompt). Finished shards are skipped on a rerun (see lepjax.augment.shards);
+`lepjax augment fiat-infer`
 (lepjax.augment.fiat_infer) runs the teacher and then the tuned student on new inputs.
 """
 

@@ -1,7 +1,7 @@
-"""FIAT inference (`lepjax augment fiat-infer`, library entry point `infer(cfg)`): the teacher writes
-a rationale r for each input x, then the LoRA-tuned student answers I_τ + x + r (the same prompt
-format it was tuned on, x cut as in training when the prompt would not fit `fiat.seq_len` with
-the answer's `max_new_tokens`).
+"""FIAT inference (`lepjax augment fiat-infer`, library entry point `infer(cfg)`): the teacher
+writes a rationale r for each input x, then the LoRA-tuned student answers I_τ + x + r (the same
+prompt format it was tuned on, x cut as in training when the prompt would not fit
+`fiat.seq_len` with the answer's `max_new_tokens`).
 
 Rationales and predictions are appended to OUTPUT.rationales.jsonl and OUTPUT.predictions.jsonl
 as they arrive (one JSON line each, keyed by input index and a hash of its prompt), so a run that

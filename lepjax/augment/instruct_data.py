@@ -28,7 +28,8 @@ CONTENT = "content.json"
 def read_general(sc: Any) -> list[str]:
     """General instruction data as "{question} {response}" texts ([] when none is named)."""
     inputs = sc.general_inputs
-    inputs = [p for p in inputs.split(",") if p.strip()] if isinstance(inputs, str) else list(inputs)
+    if isinstance(inputs, str):
+        inputs = [p for p in inputs.split(",") if p.strip()]
     if not inputs:
         return []
     return [f"{g['question']} {g['response']}" for g in shards.read_jsonl_records(

@@ -150,14 +150,6 @@ class ShardSynthesis:
     def report_path(self) -> str:
         return os.path.join(self.dir, "report.json")
 
-    def done(self) -> bool:
-        """Whether every round ran and nothing is left to retry."""
-        path = self.report_path()
-        if not os.path.isfile(path):
-            return False
-        with open(path, encoding="utf-8") as f:
-            return not json.load(f)["failed"]
-
     def run(self, get_teacher, request: Request, skip: bool) -> tuple[list[list[dict]], list]:
         """(entries per chain, failed prompts): runs the rounds not yet persisted and retries
         failed prompts of those that are."""
@@ -339,5 +331,6 @@ def synthesize(cfg: Any, *, teacher: Teacher | None = None, progress: bool | Non
                    prompts_sent=sent, failed_prompts=failed,
                    texts_truncated=sum(e["truncated"] for c in chains for e in c["entries"]),
                    pairs=sum(len(e["pairs"]) for c in chains for e in c["entries"]),
-                   texts_without_pairs=sum(not e["pairs"] for c in chains for e in c["entries"]))
+                   texts_without_pairs=sum(not e["pairs"] and e["output"] is not None
+                                           for c in chains for e in c["entries"]))
     return summary

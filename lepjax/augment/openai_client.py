@@ -95,7 +95,8 @@ class OpenAITeacher:
 
     def body(self, prompt: Prompt, request: Request) -> dict:
         """The JSON request body for one prompt (special parts rendered as `special_text`)."""
-        body = {"model": self.model, "prompt": render(prompt, self.special_text), "max_tokens": request.max_new_tokens,
+        body = {"model": self.model, "prompt": render(prompt, self.special_text),
+                "max_tokens": request.max_new_tokens,
                 "temperature": request.temperature, "top_p": request.top_p,
                 "seed": request.seed, "n": 1}
         if request.stop:

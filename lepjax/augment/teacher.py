@@ -49,7 +49,7 @@ def teacher_section() -> ConfigDict:
 
 
 def special_strings(tokenizer: Any) -> dict[str, str]:
-    """{"bos", "eos"} -> the tokenizer's strings of its BOS / EOS tokens (absent when it has none)."""
+    """{"bos", "eos"} -> the tokenizer's strings of its BOS / EOS tokens (absent if it has none)."""
     vocab = tokenizer.pieces
     return {name: vocab[tid] for name, tid in (("bos", tokenizer.bos_id),
                                                 ("eos", tokenizer.eos_id)) if tid is not None}

@@ -69,9 +69,9 @@ class Request:
 
 
 class TeacherError(RuntimeError):
-    """Some prompts got no completion (any backend). `completed`: index -> text of those that did; `failed`:
-    indices without one (in order); `errors`: index -> message of each failure; `url`; `last_error`: the last
-    failure's message."""
+    """Some prompts got no completion (any backend). `completed`: index -> text of those that did;
+    `failed`: indices without one (in order); `errors`: index -> message of each failure; `url`;
+    `last_error`: the last failure's message."""
 
     def __init__(self, message: str, *, completed: dict[int, str], failed: list[int], url: str,
                  last_error: str, errors: dict[int, str] | None = None):
@@ -88,7 +88,7 @@ class Teacher(Protocol):
 
     def complete(self, prompts: Sequence[Prompt], request: Request = Request(),
                  progress: bool = False, on_result: OnResult | None = None) -> list[str]:
-        """One completion per prompt, in order (stop strings and EOS cut off). `on_result(i, text)` is
-        called as each completion arrives. Raises `TeacherError` (carrying the completions that did
-        succeed) when some prompts fail."""
+        """One completion per prompt, in order (stop strings and EOS cut off). `on_result(i, text)`
+        is called as each completion arrives. Raises `TeacherError` (carrying the completions that
+        did succeed) when some prompts fail."""
         ...

@@ -32,6 +32,12 @@ def default_config():
     return default_config()
 
 
+def validate(args, cfg):
+    from lepjax.augment.config import validate_config
+
+    validate_config(cfg)
+
+
 def _output_dir(method: str, cfg) -> str:
     if method == "fiat":
         return cfg.fiat.output_dir

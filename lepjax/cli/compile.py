@@ -1,7 +1,7 @@
 """`lepjax compile`: will this recipe fit on that topology? AOT-compile its train step there.
 
-    lepjax compile --config=configs/lep/llama3_8b_ru.py --target=v5e-256 \
-        --config.model.preset=llama3_8b --output=runs/fit/v5e-256.json
+    lepjax compile --config=configs/lep/llama3_8b_ru.py --target=v5e-256 --preset=llama3_8b \
+        --output=runs/fit/v5e-256.json
 
 Compiles on this machine (no TPU needed: libtpu's deviceless topologies, the `compile` extra)
 and prints per-device memory, collectives and Mosaic kernels; exits 1 when it does not fit.
@@ -23,6 +23,9 @@ def add_args(p):
     p.add_argument("--num_slices", type=int, default=1, help="slices of the target (DCN)")
     p.add_argument("--stage", default="",
                    help="adapt configs: which training of the pipeline (default: every one)")
+    p.add_argument("--preset", default="",
+                   help="the architecture when the model directory is not on this machine (e.g. "
+                        "llama3_8b); an adapt config's vocabulary grows by extend.k")
     p.add_argument("--output", default="", help="also write the report as JSON to this file")
     add_config_flag(p, "a `lepjax train` or `lepjax adapt` config, e.g. configs/lep/llama3_8b_ru.py; "
                        "the architecture comes from model.path's config.json or model.preset")
@@ -32,6 +35,19 @@ def default_config():
     from lepjax.train.loop import default_config
 
     return default_config()
+
+
+def _with_preset(t, preset: str, extra_vocab: int):
+    """`t` computing the architecture of `preset` (its vocabulary grown by `extra_vocab`, padded
+    to a multiple of 128 as vocabulary expansion pads it)."""
+    from lepjax.models.config import get_preset
+
+    vocab = get_preset(preset).vocab_size + extra_vocab
+    with t.unlocked():
+        t.model.path = ""
+        t.model.preset = preset
+        t.model.vocab_size = -(-vocab // 128) * 128 if extra_vocab else 0
+    return t
 
 
 def _trainings(args, cfg) -> dict:
@@ -44,7 +60,15 @@ def _trainings(args, cfg) -> dict:
                 raise ValueError(f"--stage={args.stage!r}: this adapt config trains "
                                  f"{sorted(runs)}")
             runs = {args.stage: runs[args.stage]}
+        for name, t in runs.items():
+            if not os.path.isdir(t.model.path):  # written by an earlier stage of the pipeline
+                if not args.preset:
+                    raise ValueError(f"the {name} stage trains {t.model.path}, which an earlier "
+                                     "stage writes: give its architecture with --preset")
+                runs[name] = _with_preset(t, args.preset, cfg.extend.k)
         return runs
+    if args.preset:
+        cfg = _with_preset(cfg, args.preset, 0)
     return {"train": cfg}
 
 

@@ -187,10 +187,16 @@ _LOCAL: dict[tuple, Any] = {}
 _LOCAL_CLUSTERS: list[Any] = []
 
 
-def _quiet() -> None:
+def _quiet(level: int = logging.CRITICAL) -> None:
+    """Raise the level of Dask's loggers (they log every worker and task at INFO)."""
     for name in ["distributed", *logging.root.manager.loggerDict]:
         if name.startswith("distributed"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+            logging.getLogger(name).setLevel(level)
+
+
+def _quiet_unless_debugging() -> None:
+    if not logging.getLogger("lepjax").isEnabledFor(logging.DEBUG):
+        _quiet(logging.WARNING)
 
 
 def _close_local_clusters() -> None:
@@ -218,9 +224,12 @@ def start_local_cluster(num_workers: int, dashboard: str = "") -> Any:
     from distributed import LocalCluster
 
     http = None if dashboard else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+    _quiet_unless_debugging()
+    debugging = logging.getLogger("lepjax").isEnabledFor(logging.DEBUG)
     return LocalCluster(n_workers=num_workers, threads_per_worker=1, processes=True,
                         host="127.0.0.1", dashboard_address=dashboard or None,
-                        scheduler_kwargs=http, silence_logs=logging.WARNING)
+                        scheduler_kwargs=http,
+                        silence_logs=logging.INFO if debugging else logging.WARNING)
 
 
 def _local_client(num_workers: int, dashboard: str) -> Any:
@@ -257,6 +266,7 @@ def open_engine(section: Any) -> Engine:
         return Engine(_local_client(workers, section.dashboard), section.retries)
     from distributed import Client
 
+    _quiet_unless_debugging()
     where = section.scheduler or f"the scheduler file {section.scheduler_file}"
     try:
         if section.scheduler:

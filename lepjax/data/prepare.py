@@ -1,8 +1,8 @@
 """`lepjax prepare`: tokenise text once, on the preprocessing engine, into ArrayRecord shards.
 
-    scan     one engine task per input file (or TFDS index range) cuts it into chunks: a byte
-             range starting at a line, a Parquet row group, an index range; with the examples
-             it holds and a hash of its content
+    scan     one engine task per input file, 64 MiB segment of a file with one example per
+             line, or TFDS index range cuts it into chunks: a byte range starting at a line, a
+             Parquet row group, an index range; with the examples it holds and a content hash
     plan     the driver cuts the examples, in input order, into shards of `records_per_shard`
     check    a shard whose completion sidecar records the same inputs, tokenizer and settings is
              done; one that records others is refused (the message names what changed), unless
@@ -154,9 +154,10 @@ def _tokenizer(path: str, fingerprint: str) -> Any:
     return tok
 
 
-def scan_task(path: str, fmt: str, fields: dict[str, str]) -> list[dict[str, Any]]:
-    """Engine task: the chunks of one input file."""
-    return sources.scan_file(path, fmt, fields)
+def scan_task(path: str, fmt: str, fields: dict[str, str], start: int,
+              end: int) -> list[dict[str, Any]]:
+    """Engine task: the chunks of one input file's byte range [start, end)."""
+    return sources.scan_file(path, fmt, fields, start, end)
 
 
 def shard_task(out: str, index: int, made_from: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +195,8 @@ def scan(engine: engine_lib.Engine, cfg: Any) -> list[dict[str, Any]]:
                   min(s + sources.TFDS_CHUNK, n), fields) for s in range(0, n, sources.TFDS_CHUNK)]
         fn = sources.scan_tfds
     else:
-        tasks = [(path, fmt, fields) for path, fmt in sources.file_formats(cfg)]
+        tasks = [(path, fmt, fields, start, end) for path, fmt in sources.file_formats(cfg)
+                 for start, end in sources.segments(path, fmt, fields)]
         fn = scan_task
     parts: list[list[dict[str, Any]]] = [[] for _ in tasks]
     for i, chunks in engine.map(fn, tasks, retries=0):
@@ -358,6 +360,7 @@ def prepare(cfg: Any, *, progress: bool = True) -> dict[str, Any]:
     settings = settings_of(cfg)
     start = time.perf_counter()
     with engine_lib.open_engine(cfg.engine) as engine:
+        scan_start = time.perf_counter()
         chunks = scan(engine, cfg)
         plan = plan_shards(chunks, cfg.records_per_shard)
         if not plan:
@@ -374,7 +377,7 @@ def prepare(cfg: Any, *, progress: bool = True) -> dict[str, Any]:
         workers = engine.num_workers
         log.info("prepare %s: %d examples in %d chunks scanned in %.1f s; %d shards, %d already "
                  "complete, %d to write on %d worker(s)", out, sum(c["count"] for c in chunks),
-                 len(chunks), time.perf_counter() - start, len(plan), len(done), len(todo),
+                 len(chunks), time.perf_counter() - scan_start, len(plan), len(done), len(todo),
                  workers)
         bar = tqdm(desc=f"prepare {os.path.basename(out)}", total=len(plan), initial=len(done),
                    unit="shard", disable=not progress)

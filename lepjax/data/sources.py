@@ -8,7 +8,8 @@ input (a byte range of a text or JSONL file starting at a line, a Parquet row gr
 range), the number of examples in it, and a hash of its content. `read_chunk` reads exactly those
 examples back, so a task that is handed a chunk reads its input itself. Text files are read as
 UTF-8 lines split at b"\\n" (a trailing "\\r" is dropped); an undecodable byte is an error naming
-the file, the byte offset and the line.
+the file, the byte offset and the line (files with one example per line are scanned in parallel
+segments of SEGMENT_BYTES; past the first segment the line number is not known, the byte is).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lepjax.data.records import DataError
 FORMATS = ("auto", "text", "jsonl", "parquet", "tfds")
 FIELDS = ("text_mode", "text_field", "prompt_field", "target_field")
 CHUNK_BYTES = 1 << 20  # input bytes per chunk of a text / JSONL file
+SEGMENT_BYTES = 64 << 20  # a line-per-example file is scanned in segments of this size
 TFDS_CHUNK = 10000  # examples per chunk of a TFDS split
 
 
@@ -67,9 +69,14 @@ def _pick(record: dict[str, Any], where: str, text_field: str, prompt_field: str
 # ---- text and JSONL: lines -------------------------------------------------------------------
 
 
-def _lines(path: str, start: int, end: int, first_line: int) -> Iterator[tuple[int, int, str]]:
+def _where(path: str, pos: int, n: int | None) -> str:
+    return f"{path}:{n}" if n else f"{path} (byte {pos})"
+
+
+def _lines(path: str, start: int, end: int,
+           first_line: int | None) -> Iterator[tuple[int, int | None, str]]:
     """(byte offset, line number, text without its line break) of the lines starting in
-    [start, end) of a file; `start` is a line start, `first_line` its number."""
+    [start, end) of a file; `start` is a line start, `first_line` its number (None: unknown)."""
     with open(path, "rb") as f:
         f.seek(start)
         pos, n = start, first_line
@@ -80,11 +87,22 @@ def _lines(path: str, start: int, end: int, first_line: int) -> Iterator[tuple[i
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}: not UTF-8 text at byte {pos + e.start} (line {n}): "
+                at = f" (line {n})" if n else ""
+                raise DataError(f"{path}: not UTF-8 text at byte {pos + e.start}{at}: "
                                 f"{raw[e.start:e.start + 4]!r}") from None
             line = line[:-1] if line.endswith("\n") else line
             yield pos, n, line[:-1] if line.endswith("\r") else line
-            pos, n = pos + len(raw), n + 1
+            pos, n = pos + len(raw), n + 1 if n else None
+
+
+def line_start(path: str, offset: int) -> int:
+    """The offset of the first line of a file that starts at or after `offset`."""
+    if offset == 0:
+        return 0
+    with open(path, "rb") as f:
+        f.seek(offset - 1)
+        f.readline()
+        return f.tell()
 
 
 class _LineParser:
@@ -100,8 +118,8 @@ class _LineParser:
         self.paragraphs = fmt == "text" and mode == "paragraph"
         self.block: list[str] = []
 
-    def feed(self, n: int, line: str) -> list[dict[str, str]]:
-        """The examples line number `n` completes."""
+    def feed(self, where: str, line: str) -> list[dict[str, str]]:
+        """The examples the line at `where` (file:line, or file and byte) completes."""
         blank = not line.strip()
         if self.paragraphs:
             if not blank:
@@ -115,11 +133,10 @@ class _LineParser:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.path}:{n}: invalid JSON ({e})") from None
+            raise ValueError(f"{where}: invalid JSON ({e})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{self.path}:{n}: a JSON object expected, got "
-                             f"{type(record).__name__}")
-        ex = _pick(record, f"{self.path}:{n}", self.fields.get("text_field", "text"),
+            raise ValueError(f"{where}: a JSON object expected, got {type(record).__name__}")
+        ex = _pick(record, where, self.fields.get("text_field", "text"),
                    self.fields.get("prompt_field", ""), self.fields.get("target_field", ""))
         return [ex] if ex else []
 
@@ -130,11 +147,15 @@ class _LineParser:
         return out
 
 
-def _scan_lines(path: str, fmt: str, fields: dict[str, str]) -> list[dict[str, Any]]:
+def _scan_lines(path: str, fmt: str, fields: dict[str, str], start: int,
+                end: int) -> list[dict[str, Any]]:
     parser = _LineParser(path, fmt, fields)
     size = os.path.getsize(path)
+    start = line_start(path, start)
+    if start >= end:
+        return []
     chunks: list[dict[str, Any]] = []
-    chunk = {"start": 0, "line": 1, "count": 0}
+    chunk = {"start": start, "line": 1 if start == 0 else None, "count": 0}
     h = hashlib.blake2b(digest_size=16)
     prev_blank = True
 
@@ -142,7 +163,7 @@ def _scan_lines(path: str, fmt: str, fields: dict[str, str]) -> list[dict[str, A
         chunks.append({"path": path, "format": fmt, "bytes": size, **chunk, "end": end,
                        "sha": h.hexdigest()})
 
-    for pos, n, line in _lines(path, 0, size, 1):
+    for pos, n, line in _lines(path, start, end, chunk["line"]):
         blank = not line.strip()
         boundary = pos - chunk["start"] >= CHUNK_BYTES and (
             not parser.paragraphs or (prev_blank and not blank))
@@ -152,10 +173,10 @@ def _scan_lines(path: str, fmt: str, fields: dict[str, str]) -> list[dict[str, A
             chunk = {"start": pos, "line": n, "count": 0}
             h = hashlib.blake2b(digest_size=16)
         h.update(line.encode("utf-8") + b"\n")
-        chunk["count"] += len(parser.feed(n, line))
+        chunk["count"] += len(parser.feed(_where(path, pos, n), line))
         prev_blank = blank
     chunk["count"] += len(parser.flush())
-    close(size)
+    close(end)
     return chunks
 
 
@@ -174,8 +195,8 @@ def read_jsonl(path: str, text_field: str = "text", prompt_field: str = "",
 def _read_lines(path: str, fmt: str, fields: dict[str, str], start: int, end: int,
                 first_line: int) -> Iterator[dict[str, str]]:
     parser = _LineParser(path, fmt, fields)
-    for _, n, line in _lines(path, start, end, first_line):
-        yield from parser.feed(n, line)
+    for pos, n, line in _lines(path, start, end, first_line):
+        yield from parser.feed(_where(path, pos, n), line)
     yield from parser.flush()
 
 
@@ -286,11 +307,22 @@ def read_tfds(name: str, split: str = "train", data_dir: str | None = None, text
 # ---- chunks ----------------------------------------------------------------------------------
 
 
-def scan_file(path: str, fmt: str, fields: dict[str, str]) -> list[dict[str, Any]]:
-    """The chunks of one input file (`fmt` text, jsonl or parquet), in order."""
+def segments(path: str, fmt: str, fields: dict[str, str]) -> list[tuple[int, int]]:
+    """The byte ranges a file is scanned in: segments of SEGMENT_BYTES for files with one
+    example per line (text in line mode, JSONL), else the whole file."""
+    size = os.path.getsize(path)
+    if fmt == "parquet" or (fmt == "text" and fields.get("text_mode") == "paragraph"):
+        return [(0, size)]
+    return [(s, min(s + SEGMENT_BYTES, size)) for s in range(0, max(size, 1), SEGMENT_BYTES)]
+
+
+def scan_file(path: str, fmt: str, fields: dict[str, str], start: int = 0,
+              end: int | None = None) -> list[dict[str, Any]]:
+    """The chunks of one input file (`fmt` text, jsonl or parquet), in order: of the lines that
+    start in [start, end) for text and JSONL (a range from `segments`)."""
     if fmt == "parquet":
         return _scan_parquet(path, fields)
-    return _scan_lines(path, fmt, fields)
+    return _scan_lines(path, fmt, fields, start, os.path.getsize(path) if end is None else end)
 
 
 def read_chunk(chunk: dict[str, Any], fields: dict[str, str]) -> Iterator[dict[str, str]]:

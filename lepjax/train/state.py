@@ -269,9 +269,10 @@ def build(cfg: ConfigDict, *, mesh: Mesh, rules: parallel.Rules = parallel.DEFAU
     graphdef, state = nnx.split(model)
     flat, treedef = P.flatten_tree(state)
     del model, state
-    if list(flat) != am.paths:
-        raise ValueError(f"the loaded model's parameters {list(flat)} differ from its config's "
-                         f"{am.paths}")
+    if list(flat) != am.paths or any(flat[p].shape != am.structs[p].shape for p in am.paths):
+        raise ValueError(f"the loaded model's parameters differ from those its config describes: "
+                         f"{ {p: tuple(v.shape) for p, v in flat.items()} } vs "
+                         f"{ {p: s.shape for p, s in am.structs.items()} }")
     return _assemble(cfg, mesh, rules, am, selection, batch_sh, graphdef, treedef, flat,
                      vocab_limit)
 

@@ -88,7 +88,7 @@ def report_from_config(cfg, progress: bool) -> dict:
     """Measure tokenizer efficiency on held-out text; write report.json and report.png."""
     from lepjax.vocab import report
     from lepjax.vocab.corpus import check_corpus
-    from lepjax.vocab.tokenizer import load_vocab
+    from lepjax.tokenizer import load_tokenizer
 
     r = cfg.report
     paths = list(r.tokenizers) or ([cfg.tokenizer] if cfg.tokenizer else [])
@@ -102,7 +102,7 @@ def report_from_config(cfg, progress: bool) -> dict:
     if not heldout:
         raise ValueError("config key report.heldout is required for this action")
     files = {os.path.basename(f): [f] for f in check_corpus(heldout, "held-out text")}
-    toks = {label: load_vocab(p) for label, p in zip(labels, paths)}
+    toks = {label: load_tokenizer(p) for label, p in zip(labels, paths)}
     rep = report.report(toks, files, cfg.max_lines)
     written = report.write_report(rep, _need(cfg, "output_dir"), chart=r.chart)
     return {"action": "report", "written": written, "ratios": rep["ratios"]}

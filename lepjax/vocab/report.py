@@ -13,18 +13,18 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from lepjax.tokenizer import Tokenizer
 from lepjax.vocab.corpus import iter_batches
-from lepjax.vocab.tokenizer import VocabTokenizer
 
 MEASURES = ("tokens_per_word", "chars_per_token", "tokens_per_sentence")
 
 
-def efficiency(tok: VocabTokenizer, files: Sequence[str], max_lines: int = 0,
+def efficiency(tok: Tokenizer, files: Sequence[str], max_lines: int = 0,
                batch_size: int = 1000) -> dict[str, Any]:
     """Counts and fertility measures of `tok` on the lines of `files`."""
     sentences = words = chars = tokens = 0
     for batch in iter_batches(files, batch_size, max_lines):
-        for text, ids in zip(batch, tok.encode_batch(batch)):
+        for text, ids in zip(batch, tok.encode(batch)):
             sentences += 1
             words += len(text.split())
             chars += len(text)
@@ -41,7 +41,7 @@ def efficiency(tok: VocabTokenizer, files: Sequence[str], max_lines: int = 0,
     return out
 
 
-def report(tokenizers: dict[str, VocabTokenizer], heldout: dict[str, Sequence[str]],
+def report(tokenizers: dict[str, Tokenizer], heldout: dict[str, Sequence[str]],
            max_lines: int = 0) -> dict[str, Any]:
     """{"results": {file label: {tokenizer label: measures}}, "ratios": after/before per measure}."""
     results: dict[str, dict[str, Any]] = {}
@@ -55,7 +55,7 @@ def report(tokenizers: dict[str, VocabTokenizer], heldout: dict[str, Sequence[st
             for label in labels[1:]:
                 ratios[f"{name}: {label} / {base}"] = {
                     m: per[label][m] / per[base][m] for m in MEASURES}
-    return {"tokenizers": {k: {"source": t.source, "vocab_size": t.vocab_size}
+    return {"tokenizers": {k: {"source": t.path, "vocab_size": t.vocab_size}
                            for k, t in tokenizers.items()},
             "results": results, "ratios": ratios}
 
