@@ -36,5 +36,6 @@ def get_config():
     cfg.optim.weight_decay = 0.0
     cfg.prepare.engine.kind = "synchronous"  # small texts: tokenise in process
     cfg.eval.dtype = "float32"
+    cfg.eval.max_len = 4096  # the English base tokenizer spells Russian lines in many tokens
     cfg.eval.progress = False
     return cfg

@@ -208,10 +208,7 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
     """Run every stage of `cfg` (skipping completed ones); returns the summary."""
     from lepjax.lep.propagate import propagate
     from lepjax.train.run import export_run
-    from lepjax.vocab.checkpoint import init_embeddings
-    from lepjax.vocab.expand import extend
-    from lepjax.vocab import load_vocab
-    from lepjax.vocab.writer import save_tokenizer
+    from lepjax.vocab import extend, init_embeddings, load_vocab, save_tokenizer
 
     validate_config(cfg)
     check_inputs(cfg)
