@@ -182,14 +182,38 @@ def to_dict(cfg: ConfigDict) -> dict[str, Any]:
     return json.loads(cfg.to_json_best_effort(sort_keys=True))
 
 
-def write_resolved(cfg: ConfigDict | dict, directory: str, name: str = RESOLVED_CONFIG) -> str:
-    """Write the resolved config as JSON into `directory` (process 0 only); returns the path."""
-    import jax
+def _process_index() -> int:
+    """This process's index in a multi-process JAX job (0 alone), without starting a backend."""
+    import sys
 
+    if "jax" not in sys.modules:
+        return 0
+    from jax._src import distributed
+
+    return int(distributed.global_state.process_id or 0)
+
+
+def write_resolved(cfg: ConfigDict | dict, directory: str, name: str = RESOLVED_CONFIG) -> str:
+    """Write the resolved config as JSON into `directory` (process 0 only); returns the path.
+
+    A config already recorded there is never replaced: a launch with a different config is
+    kept beside it as `resolved_config.<n>.json` (n = 1, 2, ...); the same config is not written
+    twice.
+    """
+    data = to_dict(cfg) if isinstance(cfg, ConfigDict) else cfg
+    blob = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    stem, ext = os.path.splitext(name)
     path = os.path.join(directory, name)
-    if jax.process_index() == 0:
+    n = 0
+    while os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == blob:
+                return path
+        n += 1
+        path = os.path.join(directory, f"{stem}.{n}{ext}")
+    if _process_index() == 0:
         os.makedirs(directory, exist_ok=True)
-        data = to_dict(cfg) if isinstance(cfg, ConfigDict) else cfg
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(blob)
+        os.replace(path + ".tmp", path)
     return path

@@ -8,11 +8,9 @@ HELP = "write a randomly initialised model of a preset architecture"
 
 
 def add_args(p):
-    from lepjax.models.config import PRESETS
-
     p.add_argument("dst", help="output directory")
-    p.add_argument("--preset", default="tiny_llama3", choices=sorted(PRESETS),
-                   help="architecture preset (default: tiny_llama3)")
+    p.add_argument("--preset", default="tiny_llama3",
+                   help="architecture preset (default: tiny_llama3; see lepjax.models.PRESETS)")
     p.add_argument("--format", choices=["hf", "lepjax"], default="lepjax", help="output format")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
@@ -25,6 +23,13 @@ def default_config():
     from lepjax.parallel import mesh_section
 
     return ConfigDict(dict(mesh=mesh_section()))
+
+
+def validate(args, cfg):
+    from lepjax import config as config_lib
+    from lepjax.models.config import PRESETS
+
+    config_lib.check_choice("--preset", args.preset, sorted(PRESETS))
 
 
 def run(args, cfg):

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> dict[str, Any]:
     """The verb and its positional / flag arguments, as recorded in the resolved config."""
     skip = {"verb", "config", "log_level", "dry_run"}
-    return {"verb": args.verb, **{k: v for k, v in vars(args).items() if k not in skip}}
+    return {"verb": args.verb,
+            **{k: v for k, v in vars(args).items() if k not in skip and v is not None}}
 
 
 def _plan(module: ModuleType, args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
