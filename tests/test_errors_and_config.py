@@ -154,8 +154,8 @@ def test_help(verb):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "usage: lepjax" in res.stdout
-    if verb:
-        assert VERBS[verb].HELP in res.stdout
+    if verb:  # argparse wraps a long description: compare the words
+        assert " ".join(VERBS[verb].HELP.split()) in " ".join(res.stdout.split())
 
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))

@@ -41,8 +41,9 @@ def write_inputs(path, rows):
 
 
 def teacher_overrides(url):
-    return [("teacher.backend", "openai"), ("teacher.url", url), ("teacher.concurrency", "1"),
-            ("teacher.max_retries", "0"), ("teacher.timeout_s", "30"), ("progress", "false")]
+    return [("teacher.backend", "openai"), ("teacher.urls", url), ("teacher.max_in_flight", "1"),
+            ("teacher.max_retries", "0"), ("teacher.timeout_s", "30"), ("progress", "false"),
+            ("engine.kind", "synchronous")]
 
 
 def test_fiat_infer_killed_keeps_rationales_and_rerun_sends_only_the_rest(tmp_path):

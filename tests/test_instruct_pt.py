@@ -147,8 +147,9 @@ def synth_config(tmp_path, url, **synth):
     path.write_text("".join(t + "\n" for t in TEXTS), encoding="utf-8")
     cfg = default_config()
     cfg.progress = False
-    cfg.teacher.update(dict(backend="openai", url=url, model="synth", max_retries=0,
-                            concurrency=2, backoff_s=0.01, timeout_s=10.0))
+    cfg.engine.kind = "synchronous"
+    cfg.teacher.update(dict(backend="openai", urls=(url,), model="synth", max_retries=0,
+                            max_in_flight=2, backoff_s=0.01, timeout_s=10.0))
     cfg.synth.update(dict(inputs=(str(path),), text_mode="line", tokenizer=MISTRAL_SP,
                           synthesizer_tokenizer=MISTRAL_SP, rounds=3, max_new_tokens=32,
                           context_tokens=512, chains_per_shard=2, records_per_shard=4,
@@ -269,7 +270,7 @@ def test_openai_teacher_renders_special_parts_as_configured_strings():
     from lepjax.augment.teacher_api import BOS, EOS
 
     cfg = default_config()
-    cfg.teacher.update(dict(backend="openai", url="http://127.0.0.1:1/v1", tokenizer=MISTRAL_SP))
+    cfg.teacher.update(dict(backend="openai", urls=("http://127.0.0.1:1/v1",), tokenizer=MISTRAL_SP))
     parts = ["<QUE> q <ANS> a </END>", EOS, BOS, " <CON> t </CON>\n\n"]
     assert make_teacher(cfg).body(parts, instruct_pt.Request())["prompt"] == \
         "<QUE> q <ANS> a </END></s><s> <CON> t </CON>\n\n"

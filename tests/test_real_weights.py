@@ -8,10 +8,10 @@ Hugging Face directory. Every reference here is transformers' PyTorch model or p
 Sentences are real text: UD English-EWT and UD Russian-GSD test sentences (tests/fixtures). The
 vocabulary tests learn from the Russian dev sentences and measure on the Russian test sentences.
 
-Time (measured on a 2-core CPU shared with five other agents, load average ~13): the whole file
-takes about 4.5 minutes of wall time there but only ~1m45s of CPU time, plus ~30 s of CPU
-(~1.5 min wall) for building the cached HF directory the first time; on two unshared cores it
-fits the 3-minute budget, so it carries no `slow` marker.
+Time, measured on a 2-core CPU shared with five other agents (load average 13-18): the file takes
+4.5-6.5 minutes of wall time there but 1m45s-2m of CPU time (user + sys), plus ~30 s of CPU
+(~1.5 min wall) to build the cached HF directory the first time. On two unshared cores that
+fits the 3-minute budget, so the file carries no `slow` marker.
 """
 
 from __future__ import annotations
@@ -152,13 +152,14 @@ def test_tokenizer_matches_transformers(tokenizer, hf_tokenizer, texts):
                                        for t in texts]
 
 
-# Tolerance of the fp32 logits: max |lepjax - transformers| <= 5e-4 over every real position
-# (logits of magnitude up to ~40). Both compute in float32 but sum in different orders (XLA's
-# vs PyTorch's CPU matmul blocking, the fused vs unfused attention softmax), each a relative
-# error of ~1e-6 per layer, carried through 30 residual layers; measured: 1.2e-4. The bound
-# leaves a 4x margin for other CPUs and BLAS builds, and stays 100x below what a wrong mapping
-# does (a mis-ordered RoPE half, GQA grouping or norm epsilon moves logits by 1e-2 or more).
-FP32_LOGIT_ATOL = 5e-4
+# Tolerance of the fp32 logits: max |lepjax - transformers| <= 1e-3 over every real position
+# (842 positions, logits up to |40|). Both compute in float32 but sum in different orders (XLA's
+# vs PyTorch's CPU matmul blocking, fused vs unfused attention softmax); float32's unit roundoff
+# is 6e-8 and the differences compound through 30 residual blocks and the 49,152-row head.
+# Measured: 2.0e-4, i.e. 5e-6 of the largest logit. The bound leaves 5x for other CPUs and BLAS
+# builds; a structural mapping error (RoPE pairing, GQA head grouping, an untied head) moves
+# logits by O(1), and the top-1 token must agree at every position as well.
+FP32_LOGIT_ATOL = 1e-3
 
 
 def test_fp32_logits_match_transformers(lep_fp32, mesh, batch, valid, hf_logits):
@@ -276,6 +277,7 @@ def test_bits_per_byte_matches_torch_reference(lep_fp32, tokenizer, texts, batch
     ref = nats / math.log(2) / nbytes
     print(f"bits per byte: lepjax {ours['bits_per_byte']:.7f}, torch {ref:.7f}")
     assert ours["tokens"] == int(valid[:, 1:].sum()) and ours["bytes"] == nbytes
+    # Equal up to float32 summation order: measured 1.8925808 vs 1.8925807 (5e-8 relative).
     assert ours["bits_per_byte"] == pytest.approx(ref, rel=1e-6)
 
 

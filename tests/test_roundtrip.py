@@ -56,7 +56,8 @@ def test_hf_lepjax_hf_is_bit_identical(hf_dir, tmp_path, case, dtype):
         model, _ = models.load(path, dtype="float32")
         assert np.abs(np.asarray(model(tokens)) - ref).max() <= 1e-4
     with open(os.path.join(lep, "resolved_config.json")) as f:
-        assert json.load(f)["to"] == "lepjax"
+        assert json.load(f)["command"] == {"verb": "convert", "src": src, "dst": lep,
+                                           "overwrite": False}
 
 
 def test_sharded_export_with_index_loads_in_transformers(hf_dir, tmp_path):

@@ -76,7 +76,7 @@ def http(url: str, body=None) -> tuple[int, dict]:
 
 
 def test_openai_backend_matches_local_and_batches_concurrent_requests(server, local):
-    teacher = OpenAITeacher(server, model="tiny", concurrency=8, timeout_s=60)
+    teacher = OpenAITeacher(server, model="tiny", max_in_flight=8, timeout_s=60)
     greedy = Request(max_new_tokens=8)
     want = local.complete(PROMPTS, greedy)
     assert teacher.complete(PROMPTS, greedy) == want
@@ -200,7 +200,7 @@ def fake():
 
 def test_timeouts_and_500s_are_retried_with_the_api_key(fake, monkeypatch):
     monkeypatch.setenv("LEPJAX_TEST_KEY", "sk-test")
-    teacher = OpenAITeacher(fake, model="m", api_key_env="LEPJAX_TEST_KEY", concurrency=3,
+    teacher = OpenAITeacher(fake, model="m", api_key_env="LEPJAX_TEST_KEY", max_in_flight=3,
                             timeout_s=0.5, max_retries=3, backoff_s=0.01)
     prompts = ["flaky one", "slow two", "fine three"]
     assert teacher.complete(prompts, progress=True) == [p.upper() for p in prompts]
@@ -209,7 +209,7 @@ def test_timeouts_and_500s_are_retried_with_the_api_key(fake, monkeypatch):
 
 
 def test_persistent_failures_raise_with_the_completed_results(fake):
-    teacher = OpenAITeacher(fake, concurrency=2, timeout_s=5, max_retries=2, backoff_s=0.01)
+    teacher = OpenAITeacher(fake, max_in_flight=2, timeout_s=5, max_retries=2, backoff_s=0.01)
     prompts = ["fine a", "bad b", "fine c", "reject d", "bad e"]
     with pytest.raises(TeacherError) as e:
         teacher.complete(prompts)
@@ -223,7 +223,7 @@ def test_persistent_failures_raise_with_the_completed_results(fake):
 
 def test_config_errors_name_the_key(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    with pytest.raises(ValueError, match="teacher.url is not set"):
+    with pytest.raises(ValueError, match="teacher.urls is not set"):
         OpenAITeacher("")
     with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR"):
         OpenAITeacher("http://127.0.0.1:1/v1", api_key_env="NO_SUCH_KEY_VAR")

@@ -15,15 +15,21 @@ def default_config() -> ConfigDict:
         lepjax.augment.teacher.teacher_section.
       fiat.*: FIAT augmentation and inference; see lepjax.augment.fiat.fiat_section.
       synth.*: instruction synthesis; see lepjax.augment.instruct_pt.synth_section.
+      engine.*: where the shard tasks run (one task per missing output shard; see
+        lepjax.data.engine): kind local (default; worker processes on this machine) |
+        synchronous (in this process) | dask (scheduler / scheduler_file), num_workers, retries.
+        With teacher.backend=local the tasks run in this process whatever the kind.
       progress: show progress bars.
     """
     from lepjax import parallel
     from lepjax.augment.fiat import fiat_section
     from lepjax.augment.instruct_pt import synth_section
     from lepjax.augment.teacher import teacher_section
+    from lepjax.data.engine import engine_section
 
     return ConfigDict(dict(mesh=parallel.mesh_section(), teacher=teacher_section(),
-                           fiat=fiat_section(), synth=synth_section(), progress=True))
+                           fiat=fiat_section(), synth=synth_section(),
+                           engine=engine_section(), progress=True))
 
 
 def validate_config(cfg: ConfigDict) -> None:
@@ -39,6 +45,10 @@ def validate_config(cfg: ConfigDict) -> None:
         section, name = key.split(".")
         if section in cfg and name in cfg[section]:
             check_choice(key, cfg[section][name], choices)
+    if "engine" in cfg:
+        from lepjax.data.engine import validate
+
+        validate(cfg.engine)
     if "synth" in cfg and not 0 < float(cfg.synth.augment_fraction) <= 1:
         raise ConfigError(f"config key 'synth.augment_fraction' = {cfg.synth.augment_fraction!r} "
                           "is not valid (expected 0 < fraction <= 1)")

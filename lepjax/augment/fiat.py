@@ -21,7 +21,6 @@ answer without its prompt). Finished shards are skipped on a rerun (see lepjax.a
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -160,17 +159,68 @@ def read_examples(section: Any, need_target: bool = True) -> list[dict[str, str]
         optional=() if need_target else ("target",), what="fiat.inputs")
 
 
+def fiat_shard(cfg: Any, out: str, index: int, pieces: list, *, get_teacher=None
+               ) -> dict[str, int]:
+    """Engine task: shard `index` of a FIAT augmentation. Reads its records (`pieces` of the
+    JSONL inputs, see shards.plan_jsonl) itself, asks the teacher for their rationales, writes
+    text/ and tokens/ shard `index`; returns its counts, or {"error"} naming the bad record or
+    the prompts the teacher failed on (a retry of the task would not help)."""
+    try:
+        return _fiat_shard(cfg, out, index, pieces, get_teacher)
+    except shards.AugmentError as e:
+        return {"error": str(e)}
+
+
+def _fiat_shard(cfg: Any, out: str, index: int, pieces: list, get_teacher) -> dict[str, int]:
+    from lepjax.augment.teacher import worker_teacher
+    from lepjax.data.prepare import write_shard
+
+    fc = cfg.fiat
+    n = fc.records_per_shard
+    tok = shards.tokenizer(fc.tokenizer)
+    text_dir, tok_dir = os.path.join(out, "text"), os.path.join(out, "tokens")
+    chunk = shards.read_jsonl_pieces(pieces, {"input": fc.input_field,
+                                              "target": fc.target_field})
+    failed = truncated = 0
+    if records.shard_complete(text_dir, index):  # killed between the two writes
+        rows = shards.read_text_shard(text_dir, index)
+    else:
+        teacher = get_teacher() if get_teacher is not None else worker_teacher(cfg)
+        beta = load_reasoning_prompt(fc.reasoning_prompt)
+        prompts = [teacher_prompt(beta, e["input"]) for e in chunk]
+        names = [f"record {index * n + k} ({e['source']})" for k, e in enumerate(chunk)]
+        rationales = shards.complete_shard(teacher, prompts, teacher_request(fc), index, names,
+                                           skip_failed=fc.on_error == "skip")
+        rows = []
+        for k, (e, r) in enumerate(zip(chunk, rationales)):
+            if r is None:
+                failed += 1
+                continue
+            r = r.strip()
+            x, cut = fit_record(fc, tok, e["input"], r, fc.target_prefix + e["target"],
+                                fc.seq_len, names[k])
+            truncated += cut
+            rows.append({"index": index * n + k, "source": e["source"],
+                         "instruction": fc.task_instruction, "input": e["input"],
+                         "rationale": r, "target": e["target"], "input_truncated": cut,
+                         "prompt": student_prompt(fc, x, r)})
+        shards.write_text_shard(text_dir, index, rows)
+    write_shard(tok_dir, index, [{"prompt": r["prompt"], "target": fc.target_prefix + r["target"]}
+                                 for r in rows], fc.add_bos, fc.add_eos, tok)
+    return {"records": len(chunk), "failed": failed, "truncated": truncated}
+
+
 def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = None
             ) -> dict[str, Any]:
     """Run (or resume) the FIAT augmentation `cfg.fiat` describes; returns a summary.
 
-    `teacher` defaults to the one `cfg.teacher` describes (made only if a shard needs it);
-    `progress` to `cfg.progress`.
+    One engine task (`cfg.engine`) per missing shard; each reads its own records. `teacher`
+    (an object) and the local backend run the tasks in this process; the teacher is made only if
+    a shard needs it. `progress` defaults to `cfg.progress`.
     """
     from tqdm import tqdm
 
-    from lepjax.augment.teacher import describe_teacher, make_teacher
-    from lepjax.data.prepare import write_shard
+    from lepjax.augment.teacher import describe_teacher, run_shard_tasks
     from lepjax.tokenizer import load_tokenizer
 
     fc = cfg.fiat
@@ -180,65 +230,41 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None =
             raise shards.AugmentError(f"fiat.{key} is not set")
     if fc.records_per_shard <= 0:
         raise shards.AugmentError("fiat.records_per_shard must be positive")
+    if fc.on_error not in ("fail", "skip"):
+        raise shards.AugmentError(f"fiat.on_error must be 'fail' or 'skip', got {fc.on_error!r}")
     beta = load_reasoning_prompt(fc.reasoning_prompt)
     student_prompt(fc, "x", "r")  # template errors before any work
-    examples = read_examples(fc)
+    n = fc.records_per_shard
+    num_records, digest, plan = shards.plan_jsonl(
+        fc.inputs, {"input": fc.input_field, "target": fc.target_field}, n, what="fiat.inputs")
     tok = load_tokenizer(fc.tokenizer)
     out = os.path.abspath(fc.output_dir)
     text_dir, tok_dir = shards.prepare_output(out, {
-        "method": "fiat", "examples": shards.sha(repr([(e["input"], e["target"], e["source"])
-                                                     for e in examples])),
+        "method": "fiat", "examples": digest,
         "reasoning_prompt": shards.sha(beta), "task_instruction": fc.task_instruction,
         "task_template": fc.task_template, "target_prefix": fc.target_prefix,
         "max_new_tokens": fc.max_new_tokens, "stop": list(fc.stop),
         "records_per_shard": fc.records_per_shard, "tokenizer": tok.fingerprint(),
         "add_bos": fc.add_bos, "add_eos": fc.add_eos, "seq_len": fc.seq_len,
         "on_long": fc.on_long}, teacher=describe_teacher(cfg))
-    n = fc.records_per_shard
-    num_shards = math.ceil(len(examples) / n)
-    request = teacher_request(fc)
-    bar = tqdm(total=len(examples), desc="fiat", unit="rec", disable=not progress)
-    if fc.on_error not in ("fail", "skip"):
-        raise shards.AugmentError(f"fiat.on_error must be 'fail' or 'skip', got {fc.on_error!r}")
-    start, written, skipped, done_records = time.perf_counter(), 0, 0, 0
+    num_shards = len(plan)
+    todo = [i for i in range(num_shards) if not shards.shard_done(out, i)]
+    skipped = num_shards - len(todo)
+    bar = tqdm(total=num_records, desc="fiat", unit="rec", disable=not progress)
+    bar.update(num_records - sum(min(n, num_records - i * n) for i in todo))
+    start, written, done_records = time.perf_counter(), 0, 0
     failed_records = truncated = 0
     try:
-        for index in range(num_shards):
-            chunk = examples[index * n:(index + 1) * n]
-            if shards.shard_done(out, index):
-                skipped += 1
-                bar.update(len(chunk))
-                continue
-            if records.shard_complete(text_dir, index):  # killed between the two writes
-                rows = shards.read_text_shard(text_dir, index)
-            else:
-                if teacher is None:
-                    teacher = make_teacher(cfg)
-                prompts = [teacher_prompt(beta, e["input"]) for e in chunk]
-                names = [f"record {index * n + k} ({e['source']})" for k, e in enumerate(chunk)]
-                rationales = shards.complete_shard(teacher, prompts, request, index, names,
-                                                   skip_failed=fc.on_error == "skip")
-                rows = []
-                for k, (e, r) in enumerate(zip(chunk, rationales)):
-                    if r is None:
-                        failed_records += 1
-                        continue
-                    r = r.strip()
-                    x, cut = fit_record(fc, tok, e["input"], r, fc.target_prefix + e["target"],
-                                        fc.seq_len, names[k])
-                    truncated += cut
-                    rows.append({"index": index * n + k, "source": e["source"],
-                                 "instruction": fc.task_instruction, "input": e["input"],
-                                 "rationale": r, "target": e["target"], "input_truncated": cut,
-                                 "prompt": student_prompt(fc, x, r)})
-                shards.write_text_shard(text_dir, index, rows)
-            write_shard(tok_dir, index, [{"prompt": r["prompt"],
-                                          "target": fc.target_prefix + r["target"]} for r in rows],
-                        fc.add_bos, fc.add_eos, tok)
+        for _, got in run_shard_tasks(cfg, fiat_shard, [(cfg, out, i, plan[i]) for i in todo],
+                                      teacher=teacher):
+            if "error" in got:
+                raise shards.AugmentError(got["error"])
             written += 1
-            done_records += len(chunk)
-            bar.update(len(chunk))
-            bar.set_postfix(shards=f"{index + 1}/{num_shards}",
+            done_records += got["records"]
+            failed_records += got["failed"]
+            truncated += got["truncated"]
+            bar.update(got["records"])
+            bar.set_postfix(shards=f"{skipped + written}/{num_shards}",
                             rec_s=f"{done_records / (time.perf_counter() - start):.2f}")
     finally:
         bar.close()
@@ -251,7 +277,7 @@ def augment(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None =
                                              sources.expand_inputs(list(_inputs(fc)))]})
     log.info("fiat: %d records in %d new shards (%d skipped) in %.1f s (%.2f records/s)",
              done_records, written, skipped, seconds, done_records / max(seconds, 1e-9))
-    return {"output_dir": out, "text": text_dir, "tokens": tok_dir, "records": len(examples),
+    return {"output_dir": out, "text": text_dir, "tokens": tok_dir, "records": num_records,
             "shards_total": num_shards, "shards_written": written, "shards_skipped": skipped,
             "records_per_s": round(done_records / max(seconds, 1e-9), 3), "complete": complete,
             "records_failed_this_run": failed_records, "records_truncated_this_run": truncated}

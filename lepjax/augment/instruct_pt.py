@@ -24,18 +24,17 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from ml_collections import ConfigDict
 
-from lepjax.augment import instruct_data, shards
+from lepjax.augment import shards
 from lepjax.augment import instruct_format as fmt
 from lepjax.augment.teacher_api import Part, Request, Special, Teacher, TeacherError
-from lepjax.data import records, sources
-from lepjax.tokenizer import load_tokenizer
+from lepjax.data import records
 
 log = logging.getLogger("lepjax.augment.instruct_pt")
 
@@ -78,22 +77,27 @@ def synth_section() -> ConfigDict:
         add_eos=True, output_dir="", records_per_shard=10000))
 
 
-def plan_chains(num_texts: int, rounds: int) -> list[list[int]]:
-    """Text indices per chain: the texts split into `rounds` parts, chain j = j-th of each."""
+def plan_chains(num_texts: int, rounds: int, start: int = 0, stop: int | None = None
+                ) -> list[list[int]]:
+    """Positions (in the augmented texts) of chains `start`..`stop`: the texts split into
+    `rounds` parts, chain j = the j-th of each part."""
     if rounds <= 0:
         raise shards.AugmentError("synth.rounds must be positive")
     per_part = math.ceil(num_texts / rounds)
+    stop = per_part if stop is None else min(stop, per_part)
     return [[j + r * per_part for r in range(rounds) if j + r * per_part < num_texts]
-            for j in range(per_part)]
+            for j in range(start, stop)]
 
 
-def select_texts(num_texts: int, fraction: float, seed: int) -> list[int]:
-    """Indices (sorted) of the texts to augment: round(fraction * n) of them, a seeded choice."""
+def select_texts(num_texts: int, fraction: float, seed: int) -> np.ndarray | None:
+    """Indices (sorted, int64) of the texts to augment: round(fraction * n) of them, a seeded
+    choice; None when that is every text (no index array at all)."""
     if not 0 < fraction <= 1:
         raise shards.AugmentError(f"synth.augment_fraction={fraction}: expected 0 < f <= 1")
     k = round(fraction * num_texts)
-    return sorted(random.Random(seed).sample(range(num_texts), k)) if k < num_texts \
-        else list(range(num_texts))
+    if k >= num_texts:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(num_texts, k, replace=False))
 
 
 class Budget:
@@ -199,7 +203,6 @@ class ShardSynthesis:
                                info[k]["prompt_tokens"]
                                + self.budget.count([fmt.format_pairs(pairs)], bos=False))
                               if pairs else None)  # a pairless text ends the chain
-        records.write_json_atomic(self.report_path(), {"failed": failed_all})
         return entries, failed_all
 
     def _complete(self, teacher: Teacher, prompts, todo, outputs, request, names, skip, r, info,
@@ -239,31 +242,56 @@ class ShardSynthesis:
             for k, c in enumerate(active)]})
 
 
-def read_texts(sc: Any) -> list[str]:
-    """The raw texts `synth.inputs` names, in a deterministic order."""
+def _list(v: Any) -> list[str]:
+    return [p for p in v.split(",") if p.strip()] if isinstance(v, str) else list(v)
+
+
+def text_spec(sc: Any) -> ConfigDict:
+    """The raw text inputs as a `prepare`-style source spec (lepjax.data.sources)."""
     spec = ConfigDict(dict(inputs=tuple(_list(sc.inputs)), format=sc.format,
                            text_mode=sc.text_mode, text_field=sc.text_field, prompt_field="",
                            target_field="", tfds_name="", tfds_split="train", tfds_data_dir=""))
     if not spec.inputs:
         raise shards.AugmentError("synth.inputs is empty: name the raw text files")
-    texts = [ex["text"] for ex in sources.iterate(spec)]
-    if not texts:
-        raise shards.AugmentError(f"synth.inputs {list(spec.inputs)} hold no text")
-    return texts
+    return spec
 
 
-def _list(v: Any) -> list[str]:
-    return [p for p in v.split(",") if p.strip()] if isinstance(v, str) else list(v)
+def _scan_engine(cfg: Any, teacher: Teacher | None):
+    from lepjax.data.engine import Engine, open_engine
+
+    if teacher is not None or cfg.teacher.backend == "local":
+        return Engine(None, retries=0)
+    return open_engine(cfg.engine)
+
+
+def _synth_done(out: str, index: int) -> dict | None:
+    """The report of a finished synthesis shard without failed prompts (else None: run it)."""
+    from lepjax.augment import instruct_data
+
+    path = os.path.join(out, "chains", f"shard-{index:05d}", "report.json")
+    if not (instruct_data.doc_shard_done(os.path.join(out, "augmented"), index)
+            and os.path.isfile(path)):
+        return None
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    return report if not report.get("failed") and "stats" in report else None
 
 
 def synthesize(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = None
                ) -> dict[str, Any]:
     """Run (or resume) the instruction synthesis `cfg.synth` describes; returns a summary with the
     datasets written, their tokens, and the `data` paths/weights (and epochs per source) for
-    `lepjax train`. `teacher` defaults to the one `cfg.teacher` describes (made only if needed)."""
+    `lepjax train`.
+
+    One engine task (`cfg.engine`) per missing shard of augmented/, raw/ and general/ (see
+    lepjax.augment.instruct_tasks); the driver holds the chunk plan and the augmented texts'
+    index array, never the texts. `teacher` (an object) and the local backend run the tasks in
+    this process; the teacher is made only if a shard needs it."""
     from tqdm import tqdm
 
-    from lepjax.augment.teacher import describe_teacher, make_teacher
+    from lepjax.augment import instruct_data, instruct_tasks
+    from lepjax.augment.teacher import describe_teacher, run_shard_tasks
+    from lepjax.data import prepare, sources
 
     sc = cfg.synth
     progress = cfg.get("progress", True) if progress is None else progress
@@ -272,65 +300,93 @@ def synthesize(cfg: Any, *, teacher: Teacher | None = None, progress: bool | Non
             raise shards.AugmentError(f"synth.{key} is not set")
     if sc.on_error not in ("fail", "skip"):
         raise shards.AugmentError(f"synth.on_error must be 'fail' or 'skip', got {sc.on_error!r}")
+    if sc.chains_per_shard <= 0 or sc.records_per_shard <= 0:
+        raise shards.AugmentError("synth.chains_per_shard and synth.records_per_shard must be "
+                                  "positive")
     fmt.chain_prompt(None, "", sc.separator)  # validates the separator
-    texts = read_texts(sc)
-    chosen = select_texts(len(texts), sc.augment_fraction, sc.seed)
-    general = instruct_data.read_general(sc)
-    tok = load_tokenizer(sc.tokenizer)
     synth_tok_path = sc.synthesizer_tokenizer or cfg.teacher.path
     if not synth_tok_path:
         raise shards.AugmentError("set synth.synthesizer_tokenizer (or teacher.path): the "
                                   "context budget is counted in the synthesizer's tokens")
-    budget = Budget(load_tokenizer(synth_tok_path), sc.context_tokens, sc.max_new_tokens,
+    budget = Budget(shards.tokenizer(synth_tok_path), sc.context_tokens, sc.max_new_tokens,
                     cfg.teacher.add_bos)
+    tok = shards.tokenizer(sc.tokenizer)
+    spec = text_spec(sc)
+    fields = {k: spec[k] for k in sources.FIELDS}
+    R = sc.records_per_shard
+    general_inputs = _list(sc.general_inputs)
+    num_general, general_digest, general_plan = shards.plan_jsonl(
+        general_inputs, {"question": sc.question_field, "response": sc.response_field}, R,
+        what="synth.general_inputs") if general_inputs else (0, "", [])
+    with _scan_engine(cfg, teacher) as engine:
+        chunks = prepare.scan(engine, spec)
+    ends = np.cumsum([c["count"] for c in chunks]).tolist()
+    num_texts = ends[-1] if ends else 0
+    if not num_texts:
+        raise shards.AugmentError(f"synth.inputs {list(spec.inputs)} hold no text")
+    chosen = select_texts(num_texts, sc.augment_fraction, sc.seed)
+    k = num_texts if chosen is None else len(chosen)
+    weights = instruct_data.check_weights(sc, {"augmented": k > 0, "raw": k < num_texts,
+                                               "general": num_general > 0})
+    C = sc.chains_per_shard
+    num_chains = math.ceil(k / sc.rounds)
+    n_shards = {"augmented": math.ceil(num_chains / C), "general": len(general_plan),
+                "raw": math.ceil((num_texts - k) / R)}
     out = os.path.abspath(sc.output_dir)
-    (chains_dir,) = shards.prepare_output(out, {
-        "method": "instruct_pt", "texts": shards.sha(repr(texts)), "chosen": shards.sha(
-            repr(chosen)), "rounds": sc.rounds, "max_new_tokens": sc.max_new_tokens,
+    shards.prepare_output(out, {
+        "method": "instruct_pt", "texts": shards.sha(json.dumps(
+            [[c.get("path"), c.get("count"), c.get("sha")] for c in chunks])),
+        "texts_count": num_texts, "augment_fraction": sc.augment_fraction, "seed": sc.seed,
+        "rounds": sc.rounds, "max_new_tokens": sc.max_new_tokens,
         "context_tokens": sc.context_tokens, "synthesizer_tokenizer": budget.tok.fingerprint(),
         "separator": sc.separator, "separator_text": sc.separator_text,
-        "chains_per_shard": sc.chains_per_shard, "teacher_add_bos": cfg.teacher.add_bos},
-        subdirs=("chains",), teacher=describe_teacher(cfg))
-    plan = [[chosen[t] for t in chain] for chain in plan_chains(len(chosen), sc.rounds)]
-    n = sc.chains_per_shard
-    request = Request(max_new_tokens=sc.max_new_tokens, temperature=0.0)
-
-    def get_teacher():
-        nonlocal teacher
-        if teacher is None:
-            teacher = make_teacher(cfg, tokenizer=budget.tok)
-        return teacher
-
-    bar = tqdm(total=len(chosen), desc="instruct-pt synthesis", unit="text", disable=not progress)
-    start, chains, failed, sent = time.perf_counter(), [], [], 0
+        "chains_per_shard": sc.chains_per_shard, "teacher_add_bos": cfg.teacher.add_bos,
+        "general": general_digest, "tokenizer": tok.fingerprint(), "add_bos": sc.add_bos,
+        "add_eos": sc.add_eos, "records_per_shard": R},
+        subdirs=("chains", *(f"{s}/{d}" for s, n in n_shards.items() if n for d in ("text", "tokens"))),
+        teacher=describe_teacher(cfg))
+    instruct_tasks.save_chosen(out, chosen)
+    stats = {"texts": 0, "truncated": 0, "pairs": 0, "without_pairs": 0}
+    tasks = []
+    for s in range(n_shards["augmented"]):
+        report = _synth_done(out, s)
+        if report is not None:
+            stats = {key: stats[key] + report["stats"][key] for key in stats}
+        else:
+            tasks.append(("synth", cfg, out, s, instruct_tasks.synth_task_spec(
+                chunks, ends, chosen, k, sc.rounds, s * C, (s + 1) * C), fields))
+    for i in range(n_shards["raw"]):
+        if not instruct_data.doc_shard_done(os.path.join(out, "raw"), i):
+            lo = instruct_tasks.raw_start(chosen, i * R)
+            hi = instruct_tasks.raw_start(chosen, (i + 1) * R) \
+                if (i + 1) * R < num_texts - k else num_texts
+            tasks.append(("raw", cfg, out, i, {"range": [lo, hi], "pieces":
+                          instruct_tasks.text_pieces(chunks, ends, lo, hi)}, fields))
+    for i, pieces in enumerate(general_plan):
+        if not instruct_data.doc_shard_done(os.path.join(out, "general"), i):
+            tasks.append(("general", cfg, out, i, {"pieces": pieces}, fields))
+    bar = tqdm(total=len(tasks), desc="instruct-pt shards", unit="shard", disable=not progress)
+    start, failed, sent = time.perf_counter(), [], 0
     try:
-        for index in range(math.ceil(len(plan) / n)):
-            group = plan[index * n:(index + 1) * n]
-            shard = ShardSynthesis(
-                os.path.join(chains_dir, f"shard-{index:05d}"), [[texts[t] for t in c] for c in
-                                                                 group],
-                [[f"chain {index * n + j}, round {r} (text {t})" for r, t in enumerate(c)]
-                 for j, c in enumerate(group)], budget, sc)
-            try:
-                entries, shard_failed = shard.run(get_teacher, request, sc.on_error == "skip")
-            finally:
-                sent += shard.sent
-            chains += [{"index": index * n + j, "texts": c, "entries": es}
-                       for j, (c, es) in enumerate(zip(group, entries))]
-            failed += shard_failed
-            bar.update(sum(map(len, group)))
+        for _, got in run_shard_tasks(cfg, instruct_tasks.instruct_task, tasks, teacher=teacher,
+                                      tokenizer=budget.tok):
+            sent += got["sent"]
+            if "error" in got:
+                raise shards.AugmentError(got["error"])
+            if got["kind"] == "synth":
+                failed += got["failed"]
+                stats = {key: stats[key] + got["stats"][key] for key in stats}
+            bar.update(1)
+            bar.set_postfix(prompts_s=f"{sent / (time.perf_counter() - start):.1f}")
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    log.info("instruct-pt: %d prompts sent to the synthesizer in %.1f s (%.2f prompts/s)", sent,
-             seconds, sent / max(seconds, 1e-9))
-    augmented = set(chosen)
-    raw = [t for i, t in enumerate(texts) if i not in augmented]  # the raw pool: the rest only
-    summary = instruct_data.write_datasets(sc, out, chains, raw, general, tok, progress)
-    summary.update(texts=len(texts), texts_augmented=len(chosen), chains=len(chains),
-                   prompts_sent=sent, failed_prompts=failed,
-                   texts_truncated=sum(e["truncated"] for c in chains for e in c["entries"]),
-                   pairs=sum(len(e["pairs"]) for c in chains for e in c["entries"]),
-                   texts_without_pairs=sum(not e["pairs"] and e["output"] is not None
-                                           for c in chains for e in c["entries"]))
+    log.info("instruct-pt: %d shards, %d prompts sent to the synthesizer in %.1f s (%.2f "
+             "prompts/s)", len(tasks), sent, seconds, sent / max(seconds, 1e-9))
+    written = {s: instruct_data.finish_dataset(os.path.join(out, s), n, s, tok, sc)
+               for s, n in n_shards.items() if n}
+    summary = instruct_data.write_mixture(out, written, weights)
+    summary.update(texts=num_texts, texts_augmented=k, chains=num_chains, prompts_sent=sent,
+                   failed_prompts=failed, texts_truncated=stats["truncated"],
+                   pairs=stats["pairs"], texts_without_pairs=stats["without_pairs"])
     return summary

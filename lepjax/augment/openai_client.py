@@ -1,6 +1,11 @@
 """The `openai` teacher: any OpenAI-compatible /v1/completions endpoint (vLLM, `lepjax serve`, ...).
 
-Standard library only (urllib). Prompts go one per request, `concurrency` requests in flight; a
+Standard library only (urllib). Prompts go one per request to a pool of servers (`urls`, e.g.
+one vLLM server per accelerator host): each request goes to the server of the pool with the fewest
+requests this process has in flight there (ties in turn), so the pool is loaded evenly. Every
+request holds a lease of the cluster-wide semaphore `semaphore_name(urls)` (lepjax.data.engine
+`lease`) while it is on the wire, so `max_in_flight` bounds the requests in flight across *all*
+engine workers together, not per process. A
 request that times out, cannot connect, or gets HTTP 429 / 5xx is retried after `backoff_s`,
 doubling each time, up to `max_retries` times; any other 4xx fails that prompt at once with the
 server's message. When prompts fail, `complete` raises `TeacherError` *after* all others finished:
@@ -12,6 +17,7 @@ maps back to the special ids.
 
 from __future__ import annotations
 
+import contextvars
 import http.client
 import json
 import logging
@@ -27,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from lepjax.augment.teacher_api import OnResult, Prompt, Request, TeacherError, render
+from lepjax.data.engine import lease
 
 log = logging.getLogger("lepjax.augment.openai_client")
 
@@ -50,12 +57,30 @@ def completions_url(url: str) -> str:
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"teacher.url={url!r}: expected an http(s) URL such as "
+        raise ValueError(f"teacher.urls: {url!r}: expected an http(s) URL such as "
                          "http://127.0.0.1:8000/v1")
     path = parts.path.rstrip("/")
     if path.endswith("/completions"):
         return url
     return urllib.parse.urlunsplit(parts._replace(path=(path or "/v1") + "/completions"))
+
+
+def parse_urls(urls: str | Sequence[str]) -> list[str]:
+    """The completions endpoints of a pool of base URLs (a sequence, or one comma-separated
+    string); raises ValueError when it is empty or a URL is not http(s)."""
+    items = [u.strip() for u in (urls.split(",") if isinstance(urls, str) else urls)
+             if u.strip()]
+    if not items:
+        raise ValueError("teacher.urls is not set (the servers' base URLs, e.g. "
+                         "http://127.0.0.1:8000/v1)")
+    return [completions_url(u) for u in items]
+
+
+def semaphore_name(urls: Sequence[str]) -> str:
+    """The name of the cluster-wide semaphore that bounds the requests in flight to a pool."""
+    import hashlib
+
+    return "lepjax-teacher-" + hashlib.sha256("\n".join(sorted(urls)).encode()).hexdigest()[:12]
 
 
 def _server_message(body: bytes) -> str:
@@ -69,13 +94,16 @@ def _server_message(body: bytes) -> str:
 class OpenAITeacher:
     """Completes prompts through an OpenAI-compatible completions endpoint (see module doc)."""
 
-    def __init__(self, url: str, *, model: str = "", api_key_env: str = "", concurrency: int = 8,
-                 timeout_s: float = 120.0, max_retries: int = 4, backoff_s: float = 1.0,
-                 give_up_after: int | None = None, special_text: Mapping[str, str] | None = None):
-        if not url:
-            raise ValueError("teacher.url is not set (the server's base URL, e.g. "
-                             "http://127.0.0.1:8000/v1)")
-        self.url = completions_url(url)
+    def __init__(self, urls: str | Sequence[str], *, model: str = "", api_key_env: str = "",
+                 max_in_flight: int = 8, timeout_s: float = 120.0, max_retries: int = 4,
+                 backoff_s: float = 1.0, give_up_after: int | None = None,
+                 special_text: Mapping[str, str] | None = None):
+        self.urls = parse_urls(urls)
+        self.url = ", ".join(self.urls)  # for messages
+        self.semaphore = semaphore_name(self.urls)
+        self._load = {u: 0 for u in self.urls}  # requests this process has in flight per server
+        self._turn = 0
+        self._load_lock = threading.Lock()
         self.model = model
         self.api_key = ""
         if api_key_env:
@@ -83,15 +111,15 @@ class OpenAITeacher:
             if not self.api_key:
                 raise ValueError(f"teacher.api_key_env={api_key_env!r}: that environment "
                                  "variable is not set or empty")
-        if concurrency < 1 or timeout_s <= 0 or max_retries < 0 or backoff_s < 0:
-            raise ValueError(f"teacher: need concurrency >= 1, timeout_s > 0, max_retries >= 0, "
-                             f"backoff_s >= 0; got {concurrency}, {timeout_s}, {max_retries}, "
+        if max_in_flight < 1 or timeout_s <= 0 or max_retries < 0 or backoff_s < 0:
+            raise ValueError(f"teacher: need max_in_flight >= 1, timeout_s > 0, max_retries >= 0, "
+                             f"backoff_s >= 0; got {max_in_flight}, {timeout_s}, {max_retries}, "
                              f"{backoff_s}")
-        self.concurrency, self.timeout_s = concurrency, timeout_s
+        self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.special_text = dict(special_text or {})
         # Stop sending once this many prompts in a row failed (a dead server, a bad key).
-        self.give_up_after = give_up_after or max(8, 2 * concurrency)
+        self.give_up_after = give_up_after or max(8, 2 * max_in_flight)
 
     def body(self, prompt: Prompt, request: Request) -> dict:
         """The JSON request body for one prompt (special parts rendered as `special_text`)."""
@@ -103,17 +131,36 @@ class OpenAITeacher:
             body["stop"] = list(request.stop)
         return body
 
+    def _pick(self) -> str:
+        """The server of the pool with the fewest requests of this process in flight."""
+        with self._load_lock:
+            self._turn += 1
+            n = len(self.urls)
+            url = min((self.urls[(self._turn + k) % n] for k in range(n)), key=self._load.get)
+            self._load[url] += 1
+            return url
+
     def _post(self, body: dict) -> str:
+        """One attempt: a lease of the global semaphore, then one request to a pool server."""
+        with lease(self.semaphore, self.max_in_flight):
+            url = self._pick()
+            try:
+                return self._post_to(url, body)
+            finally:
+                with self._load_lock:
+                    self._load[url] -= 1
+
+    def _post_to(self, url: str, body: dict) -> str:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers,
+        req = urllib.request.Request(url, json.dumps(body).encode("utf-8"), headers,
                                      method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
-            message = f"HTTP {e.code}: {_server_message(e.read())}"
+            message = f"{url}: HTTP {e.code}: {_server_message(e.read())}"
             if e.code == 429 or e.code >= 500:
                 try:
                     retry_after = float(e.headers.get("Retry-After") or 0)
@@ -124,14 +171,14 @@ class OpenAITeacher:
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
                 http.client.HTTPException, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise _Retryable(f"{type(reason).__name__}: {reason}") from None
+            raise _Retryable(f"{url}: {type(reason).__name__}: {reason}") from None
         try:
             choices = json.loads(raw)["choices"]
             if len(choices) != 1:
                 raise ValueError(f"{len(choices)} choices")
             return str(choices[0]["text"])
         except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise _Fatal(f"malformed response ({e}): {raw[:300]!r}") from None
+            raise _Fatal(f"{url}: malformed response ({e}): {raw[:300]!r}") from None
 
     def _complete_one(self, prompt: Prompt, request: Request) -> str:
         body = self.body(prompt, request)
@@ -176,8 +223,12 @@ class OpenAITeacher:
 
         start = time.perf_counter()
         bar = tqdm(total=len(prompts), desc="teacher", unit="prompt", disable=not progress)
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher") as pool:
-            futures = {pool.submit(one, i): i for i in range(len(prompts))}
+        with ThreadPoolExecutor(min(self.max_in_flight, max(1, len(prompts))),
+                                thread_name_prefix="teacher") as pool:
+            # Each request thread runs in a copy of this thread's context: inside an engine task
+            # that is what tells `lease` it runs on a Dask worker (the cluster-wide semaphore).
+            futures = {pool.submit(contextvars.copy_context().run, one, i): i
+                       for i in range(len(prompts))}
             for future in as_completed(futures):
                 i = futures[future]
                 try:

@@ -33,6 +33,35 @@ class AugmentError(ValueError):
     """Bad augmentation input or a failed teacher call (the message names file, line or shard)."""
 
 
+def _parse_line(path: str, n: int, line: str, fields: Mapping[str, str],
+                optional: set[str]) -> dict[str, str]:
+    """One JSONL record as {name: str(value)} plus "source" (file:line); errors name the line."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise AugmentError(f"{path}:{n}: invalid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise AugmentError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+    rec = {"source": f"{os.path.basename(path)}:{n}"}
+    for name, key in fields.items():
+        if key not in obj:
+            if name in optional:
+                continue
+            raise AugmentError(f"{path}:{n}: no field {key!r} (the {name} field; fields on this "
+                               f"line: {sorted(obj)})")
+        value = obj[key]
+        rec[name] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return rec
+
+
+def _input_files(inputs: Sequence[str] | str, what: str) -> list[str]:
+    if isinstance(inputs, str):
+        inputs = [p for p in inputs.split(",") if p.strip()]
+    if not inputs:
+        raise AugmentError(f"{what} is empty: name the JSONL files to read")
+    return [os.path.abspath(p) for p in sources.expand_inputs(list(inputs))]
+
+
 def read_jsonl_records(inputs: Sequence[str], fields: Mapping[str, str],
                        optional: Iterable[str] = (), what: str = "inputs") -> list[dict[str, str]]:
     """Records of JSONL files: {name: str(value of JSON key)} per line, plus "source" (file:line).
@@ -42,36 +71,80 @@ def read_jsonl_records(inputs: Sequence[str], fields: Mapping[str, str],
     """
     optional = set(optional)
     out: list[dict[str, str]] = []
-    if isinstance(inputs, str):
-        inputs = [p for p in inputs.split(",") if p.strip()]
-    if not inputs:
-        raise AugmentError(f"{what} is empty: name the JSONL files to read")
-    for path in sources.expand_inputs(list(inputs)):
+    for path in _input_files(inputs, what):
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise AugmentError(f"{path}:{n}: invalid JSON ({e})") from None
-                if not isinstance(obj, dict):
-                    raise AugmentError(f"{path}:{n}: expected a JSON object, got "
-                                       f"{type(obj).__name__}")
-                rec = {"source": f"{os.path.basename(path)}:{n}"}
-                for name, key in fields.items():
-                    if key not in obj:
-                        if name in optional:
-                            continue
-                        raise AugmentError(f"{path}:{n}: no field {key!r} (the {name} field; "
-                                           f"fields on this line: {sorted(obj)})")
-                    value = obj[key]
-                    rec[name] = value if isinstance(value, str) else json.dumps(
-                        value, ensure_ascii=False)
-                out.append(rec)
+                if line.strip():
+                    out.append(_parse_line(path, n, line, fields, optional))
     if not out:
         raise AugmentError(f"{what} {list(inputs)} hold no records")
     return out
+
+
+def plan_jsonl(inputs: Sequence[str] | str, fields: Mapping[str, str], per_shard: int,
+               optional: Iterable[str] = (), what: str = "inputs"
+               ) -> tuple[int, str, list[list[list]]]:
+    """Stream the JSONL records once (each checked as `read_jsonl_records` does) into a shard
+    plan: (records, digest of their fields, pieces per shard), a piece [path, start byte, end
+    byte, first line number] naming the lines of shard i that one file holds, which
+    `read_jsonl_pieces` reads back on any host. Memory: the plan, not the records."""
+    import hashlib
+
+    optional = set(optional)
+    digest = hashlib.sha256()
+    plan: list[list[list]] = []
+    count = 0
+    for path in _input_files(inputs, what):
+        with open(path, "rb") as f:
+            pos, n, piece = 0, 0, None
+            for raw in f:
+                n += 1
+                start, pos = pos, pos + len(raw)
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                rec = _parse_line(path, n, line, fields, optional)
+                digest.update(repr(tuple(rec.get(k, "") for k in (*fields, "source"))).encode())
+                if count % per_shard == 0:
+                    plan.append([])
+                    piece = None
+                if piece is None:
+                    piece = [path, start, pos, n]
+                    plan[-1].append(piece)
+                piece[2] = pos
+                count += 1
+    if not count:
+        raise AugmentError(f"{what} {list(inputs) if not isinstance(inputs, str) else inputs} "
+                           "hold no records")
+    return count, digest.hexdigest()[:16], plan
+
+
+def read_jsonl_pieces(pieces: Sequence[Sequence], fields: Mapping[str, str],
+                      optional: Iterable[str] = ()) -> list[dict[str, str]]:
+    """The records of the pieces of one shard of a `plan_jsonl` plan (read where the task runs)."""
+    optional = set(optional)
+    out = []
+    for path, start, end, first_line in pieces:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+        for k, raw in enumerate(data.split(b"\n")):
+            line = raw.decode("utf-8")
+            if line.strip():
+                out.append(_parse_line(path, first_line + k, line, fields, optional))
+    return out
+
+
+_TOKENIZERS: dict[str, Tokenizer] = {}
+
+
+def tokenizer(path: str) -> Tokenizer:
+    """The tokenizer at `path`, loaded once per process (engine workers run many shards)."""
+    from lepjax.tokenizer import load_tokenizer
+
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = load_tokenizer(path)
+    return _TOKENIZERS[path]
 
 
 class TextShardWriter(records.ShardWriter):

@@ -13,12 +13,17 @@ The backends import only `teacher_api`; this module imports them (no cycle).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
 
 from lepjax.augment.teacher_api import Teacher
+
+log = logging.getLogger("lepjax.augment")
 
 
 def teacher_section() -> ConfigDict:
@@ -30,10 +35,14 @@ def teacher_section() -> ConfigDict:
       dtype: (local) compute dtype.
       batch_size, length_bucket: (local) decoding batch and prompt-length padding multiple.
       add_bos: (local) prepend the tokenizer's BOS to each prompt.
-      url: (openai) the server's base URL, e.g. http://127.0.0.1:8000/v1.
+      urls: (openai) the servers' base URLs (a tuple, or comma-separated), e.g.
+        http://127.0.0.1:8000/v1; one vLLM server per accelerator host. Requests are spread
+        evenly over them.
       model: (openai) the model name sent with each request.
       api_key_env: (openai) environment variable holding the API key ("" = none).
-      concurrency: (openai) requests in flight at once.
+      max_in_flight: (openai) requests in flight at once across the whole engine (every worker
+        together: each request holds a lease of a cluster-wide semaphore); e.g. the server
+        slots of the pool (vLLM's max_num_seqs times the number of servers).
       timeout_s: (openai) seconds before a request is abandoned and retried.
       max_retries: (openai) retries per request before giving up.
       backoff_s: (openai) first retry delay; doubles on every retry.
@@ -44,7 +53,7 @@ def teacher_section() -> ConfigDict:
     """
     return ConfigDict(dict(
         backend="local", path="", dtype="bfloat16", batch_size=16, length_bucket=64,
-        add_bos=True, url="", model="", api_key_env="", concurrency=8, timeout_s=120.0,
+        add_bos=True, urls=(), model="", api_key_env="", max_in_flight=8, timeout_s=120.0,
         max_retries=4, backoff_s=1.0, tokenizer="", special_text=dict(bos="", eos="")))
 
 
@@ -87,8 +96,8 @@ def make_teacher(cfg: Any, *, tokenizer: Any = None) -> Teacher:
     if section.backend == "openai":
         from lepjax.augment.openai_client import OpenAITeacher
 
-        return OpenAITeacher(section.url, model=section.model, api_key_env=section.api_key_env,
-                             concurrency=section.concurrency, timeout_s=section.timeout_s,
+        return OpenAITeacher(section.urls, model=section.model, api_key_env=section.api_key_env,
+                             max_in_flight=section.max_in_flight, timeout_s=section.timeout_s,
                              max_retries=section.max_retries, backoff_s=section.backoff_s,
                              special_text=_special_text(section, tokenizer))
     raise ValueError(f"teacher.backend={section.backend!r}: expected 'local' or 'openai'")
@@ -99,4 +108,57 @@ def describe_teacher(cfg: Any) -> dict[str, Any]:
     t = cfg.teacher
     if t.backend == "local":
         return {"backend": "local", "path": os.path.abspath(t.path) if t.path else ""}
-    return {"backend": t.backend, "url": t.url, "model": t.model}
+    urls = t.urls.split(",") if isinstance(t.urls, str) else list(t.urls)
+    return {"backend": t.backend, "urls": [u.strip() for u in urls if u.strip()],
+            "model": t.model}
+
+
+_WORKER_TEACHERS: dict[str, Teacher] = {}
+
+
+def worker_teacher(cfg: Any, tokenizer_path: str = "") -> Teacher:
+    """The teacher `cfg.teacher` describes, made once per engine worker process
+    (`tokenizer_path`: the method's view of its tokenizer, as `make_teacher`'s `tokenizer`)."""
+    key = json.dumps([cfg.teacher.to_dict(), tokenizer_path], sort_keys=True, default=str)
+    if key not in _WORKER_TEACHERS:
+        from lepjax.augment.shards import tokenizer
+
+        tok = tokenizer(tokenizer_path) if tokenizer_path else None
+        _WORKER_TEACHERS[key] = make_teacher(cfg, tokenizer=tok)
+    return _WORKER_TEACHERS[key]
+
+
+def run_shard_tasks(cfg: Any, fn: Callable[..., Any], tasks: Sequence[tuple], *,
+                    teacher: Teacher | None = None, tokenizer: Any = None
+                    ) -> Iterator[tuple[int, Any]]:
+    """`fn(*task, get_teacher=...)` for every task (one per missing output shard) on the engine
+    `cfg.engine` describes; yields (task index, result) as tasks finish.
+
+    A given `teacher` object, and the local JAX teacher (`teacher.backend=local`, which holds the
+    accelerators of this process), run every task in this process: the engine kind is forced to
+    in-process. Elsewhere each worker makes its own OpenAI-compatible client once, and
+    `teacher.max_in_flight` holds across all of them (a cluster-wide semaphore).
+    """
+    from lepjax.data.engine import Engine, open_engine
+
+    if not tasks:
+        return
+    if teacher is not None or cfg.teacher.backend == "local":
+        if teacher is None and cfg.engine.kind != "synchronous":
+            log.info("teacher.backend=local: the teacher runs in this process, so the %d shard "
+                     "tasks do too (engine.kind=%s is not used)", len(tasks), cfg.engine.kind)
+        held = [teacher]
+
+        def get_teacher() -> Teacher:
+            if held[0] is None:
+                held[0] = make_teacher(cfg, tokenizer=tokenizer)
+            return held[0]
+
+        def in_process(*task: Any) -> Any:
+            return fn(*task, get_teacher=get_teacher)
+
+        in_process.__name__ = fn.__name__
+        yield from Engine(None, retries=0).map(in_process, tasks)
+        return
+    with open_engine(cfg.engine) as engine:
+        yield from engine.map(fn, tasks)

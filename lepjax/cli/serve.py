@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lepjax.cli.common import add_config_flag
 
-HELP = "serve a checkpoint on an OpenAI-compatible completions and chat completions endpoint"
+HELP = "serve a checkpoint: OpenAI-compatible completions and chat"
 
 
 def add_args(p):

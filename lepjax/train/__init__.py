@@ -5,6 +5,8 @@
     loop.py     the short loop (`default_config`, `train`) and held-out evaluation
     run.py      a run directory as a model (`load_run`, `export_run`)
     metrics.py  metrics.jsonl / TensorBoard, throughput and MFU
+    params.py, lora.py, optim.py, checkpoint.py, flops.py: selection grammar and parameter paths,
+                adapters, AdamW and schedules, orbax checkpoints, the FLOP count
 """
 
 from __future__ import annotations
