@@ -65,7 +65,8 @@ import json, resource, sys
 from lepjax.augment.config import default_config
 from lepjax.augment.instruct_pt import synthesize
 cfg = default_config()
-cfg.update_from_flattened_dict(json.loads(sys.argv[1]))
+cfg.update_from_flattened_dict({k: tuple(v) if isinstance(v, list) else v
+                                for k, v in json.loads(sys.argv[1]).items()})
 summary = synthesize(cfg)
 print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "texts": summary["texts"], "raw": summary["documents"]["raw"],
@@ -79,7 +80,7 @@ def synthesis_peak(tmp_path, url, num_texts):
     corpus.write_text("".join(f"Короткий текст номер {i} о реке и городе.\n"
                               for i in range(num_texts)), encoding="utf-8")
     settings = {"progress": False, "engine.kind": "synchronous", "teacher.backend": "openai",
-                "teacher.urls": url, "teacher.max_in_flight": 8, "teacher.max_retries": 0,
+                "teacher.urls": (url,), "teacher.max_in_flight": 8, "teacher.max_retries": 0,
                 "synth.inputs": (str(corpus),), "synth.text_mode": "line",
                 "synth.tokenizer": MISTRAL_SP, "synth.synthesizer_tokenizer": MISTRAL_SP,
                 "synth.augment_fraction": 0.02, "synth.rounds": 2, "synth.max_new_tokens": 32,

@@ -239,11 +239,16 @@ def test_augment_fraction_keeps_the_rest_raw_only(tmp_path):
 
 def test_a_1_to_1_mix_keeps_every_augmented_token_and_repeats_the_smaller(tmp_path, tok):
     sc = default_config().synth
-    sc.records_per_shard = 7
     augmented = [f"Документ {i}: " + "Москва стоит на реке. " * (1 + i % 5) for i in range(40)]
     general = [f"Question {i}? Answer {i}." for i in range(10)]
-    a = instruct_data.write_dataset(str(tmp_path / "augmented"), augmented, "augmented", tok, sc)
-    g = instruct_data.write_dataset(str(tmp_path / "general"), general, "general", tok, sc)
+    def dataset(name, docs):  # shards of 7 documents, as the engine tasks write them
+        for i in range(0, len(docs), 7):
+            instruct_data.write_doc_shard(str(tmp_path / name), i // 7, docs[i:i + 7], name, tok,
+                                          sc)
+        return instruct_data.finish_dataset(str(tmp_path / name), -(-len(docs) // 7), name, tok,
+                                            sc)
+
+    a, g = dataset("augmented", augmented), dataset("general", general)
     source = {tuple(ids): "augmented" for ids in tok.encode(augmented, add_bos=True,
                                                              add_eos=True)}
     source.update({tuple(ids): "general" for ids in tok.encode(general, add_bos=True,

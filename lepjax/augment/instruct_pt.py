@@ -343,7 +343,8 @@ def synthesize(cfg: Any, *, teacher: Teacher | None = None, progress: bool | Non
         "chains_per_shard": sc.chains_per_shard, "teacher_add_bos": cfg.teacher.add_bos,
         "general": general_digest, "tokenizer": tok.fingerprint(), "add_bos": sc.add_bos,
         "add_eos": sc.add_eos, "records_per_shard": R},
-        subdirs=("chains", *(f"{s}/{d}" for s, n in n_shards.items() if n for d in ("text", "tokens"))),
+        subdirs=("chains", *(f"{s}/{d}" for s, n in n_shards.items() if n
+                             for d in ("text", "tokens"))),
         teacher=describe_teacher(cfg))
     instruct_tasks.save_chosen(out, chosen)
     stats = {"texts": 0, "truncated": 0, "pairs": 0, "without_pairs": 0}
