@@ -40,6 +40,7 @@ setup(
         # so that an already-installed CPU build satisfies the range and nothing larger is pulled.
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3",
             "torch>=2.4",
             "mistral-common>=1.5",
             "llama-models>=0.1",
