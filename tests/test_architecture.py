@@ -102,7 +102,6 @@ def test_nothing_outside_cli_imports_cli():
     assert not offenders, offenders
 
 
-@pytest.mark.xfail(strict=True, reason='open: augment.instruct_pt <-> augment.instruct_tasks (function-level import) to be split')
 def test_import_graph_has_no_cycle():
     # Package __init__ -> its own submodules is structure, not a dependency; a submodule
     # importing its package's __init__ (which imports the submodule back) is a cycle.

@@ -12,10 +12,11 @@ import pytest
 
 from conftest import MISTRAL_SP
 from fake_openai import FakeServer
-from lepjax.augment import instruct_data, instruct_format as fmt, instruct_pt, shards
+from lepjax.augment import instruct_data, instruct_format as fmt, instruct_pt, instruct_synth, shards
 from lepjax.augment import instruct_templates as T
 from lepjax.augment.config import default_config
 from lepjax.augment.local_teacher import encode_prompt
+from lepjax.augment.teacher_api import Request
 from lepjax.data import records
 from lepjax.data.loader import Loader
 from lepjax.tokenizer import load_tokenizer
@@ -111,13 +112,13 @@ def test_local_teacher_gets_eos_and_bos_ids_between_examples(tok):
     assert tok.decode(ids[k + 2:]).startswith(" <CON> Кремль")
     pieces = [tok.pieces[i] for i in ids if i not in (tok.bos_id, tok.eos_id)]
     assert not [p for p in pieces if "</s" in p or "<s>" in p or p in ("s", "><")]
-    assert instruct_pt.Budget(tok, 4096, 16).count(parts) == len(ids)  # the exact budget
+    assert instruct_synth.Budget(tok, 4096, 16).count(parts) == len(ids)  # the exact budget
     text = encode_prompt(tok, fmt.chain_prompt(context, "Кремль.", "text", "\n\n"))
     assert tok.eos_id not in text and text.count(tok.bos_id) == 1
 
 
 def test_a_text_too_long_alone_is_cut_by_tokens_to_fit(tok):
-    budget = instruct_pt.Budget(tok, 200, 16)
+    budget = instruct_synth.Budget(tok, 200, 16)
     short, cut = budget.fit_text("Москва — столица России.")
     assert short == "Москва — столица России." and not cut
     huge = " ".join(["Очень длинный текст о городе."] * 60)
@@ -172,7 +173,7 @@ def prompt_of(prompts, i):
 def test_pairless_text_ends_the_chain_and_is_never_context(tmp_path):
     with FakeServer(synth_reply(no_pairs={5})) as server:
         summary = instruct_pt.synthesize(synth_config(tmp_path, server.url))
-    assert instruct_pt.plan_chains(12, 3)[1] == [1, 5, 9]
+    assert instruct_synth.plan_chains(12, 3)[1] == [1, 5, 9]
     assert summary["texts_without_pairs"] == 1 and not summary["failed_prompts"]
     # The OpenAI client sends the synthesizer's EOS and BOS strings between examples.
     assert "Number 1. </END></s><s> <CON> Text 5:" in prompt_of(server.prompts, 5)
@@ -277,13 +278,13 @@ def test_openai_teacher_renders_special_parts_as_configured_strings():
     cfg = default_config()
     cfg.teacher.update(dict(backend="openai", urls=("http://127.0.0.1:1/v1",), tokenizer=MISTRAL_SP))
     parts = ["<QUE> q <ANS> a </END>", EOS, BOS, " <CON> t </CON>\n\n"]
-    assert make_teacher(cfg).body(parts, instruct_pt.Request())["prompt"] == \
+    assert make_teacher(cfg).body(parts, Request())["prompt"] == \
         "<QUE> q <ANS> a </END></s><s> <CON> t </CON>\n\n"
     cfg.teacher.special_text.update(dict(eos="<|end|>", bos="<|begin|>"))
-    assert "</END><|end|><|begin|> <CON>" in make_teacher(cfg).body(parts, instruct_pt.Request())["prompt"]
+    assert "</END><|end|><|begin|> <CON>" in make_teacher(cfg).body(parts, Request())["prompt"]
     cfg.teacher.update(dict(tokenizer="", special_text=dict(bos="", eos="")))
     with pytest.raises(ValueError, match="teacher.special_text.eos"):
-        make_teacher(cfg).body(parts, instruct_pt.Request())
+        make_teacher(cfg).body(parts, Request())
 
 
 def test_enumerated_keys_are_checked_before_anything_is_read():

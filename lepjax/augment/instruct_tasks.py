@@ -6,7 +6,7 @@ augmented) and cuts the work into tasks that *name* their inputs, each writing o
 
   synth    synthesis shard s: chains s*C .. (s+1)*C-1 (C = chains_per_shard). For every round
            the task reads the range of raw texts its chains use, runs the rounds (persisted under
-           chains/shard-NNNNN, see instruct_pt.ShardSynthesis; every request holds a lease of
+           chains/shard-NNNNN, see instruct_synth.ShardSynthesis; every request holds a lease of
            the teacher's cluster-wide semaphore, and the shards of the other workers keep the
            servers busy while this one waits for its slowest request), templifies its chains
            and writes augmented/ shard s.
@@ -28,6 +28,8 @@ import numpy as np
 
 from lepjax.augment import instruct_data, shards
 from lepjax.augment import instruct_format as fmt
+from lepjax.augment.instruct_synth import Budget, ShardSynthesis, plan_chains
+from lepjax.augment.teacher import worker_teacher
 from lepjax.augment.teacher_api import Request
 from lepjax.data import records, sources
 
@@ -109,9 +111,6 @@ def synth_task_spec(chunks: list[dict], ends: list[int], chosen: np.ndarray | No
 def synth_shard(cfg: Any, out: str, index: int, spec: dict, fields: dict, get_teacher=None
                 ) -> dict[str, Any]:
     """Engine task: synthesis shard `index` (see the module docstring)."""
-    from lepjax.augment.instruct_pt import Budget, ShardSynthesis, plan_chains
-    from lepjax.augment.teacher import worker_teacher
-
     sc = cfg.synth
     synth_tok = sc.synthesizer_tokenizer or cfg.teacher.path
     start, stop = spec["chains"]
