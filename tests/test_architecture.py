@@ -15,11 +15,12 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lepjax")
 
 # What each top-level unit of lepjax may import (besides itself); docs/architecture.md.
-LIBRARIES = {"config", "parallel", "tokenizer", "models", "data", "train", "generate", "vocab",
-             "lep", "eval", "augment", "adapt", "compile"}
+LIBRARIES = {"config", "parallel", "answers", "tokenizer", "models", "data", "train", "generate",
+             "vocab", "lep", "eval", "augment", "adapt", "compile"}
 ALLOWED = {
     "config": set(),
     "parallel": {"config"},
+    "answers": set(),
     "tokenizer": {"config"},
     "models": {"config", "parallel"},
     "data": {"config", "parallel", "tokenizer"},
@@ -27,8 +28,9 @@ ALLOWED = {
     "generate": {"config", "parallel", "tokenizer", "models", "data"},
     "vocab": {"config", "parallel", "tokenizer", "models", "data", "generate"},
     "lep": {"config", "parallel", "tokenizer", "models", "data", "vocab"},
-    "eval": {"config", "parallel", "tokenizer", "models", "data", "generate", "vocab"},
-    "augment": {"config", "parallel", "tokenizer", "models", "data", "generate", "train"},
+    "eval": {"config", "parallel", "answers", "tokenizer", "models", "data", "generate", "vocab"},
+    "augment": {"config", "parallel", "answers", "tokenizer", "models", "data", "generate",
+                "train"},
     "adapt": LIBRARIES - {"adapt", "compile"},
     "compile": {"config", "parallel", "models", "data", "train", "tokenizer"},
     "cli": LIBRARIES,

@@ -1,7 +1,7 @@
 """FIAT as Wang, Wieting and Clark define it: fiat-infer keeps the rationales (and predictions) it
-had when killed and a rerun asks the teacher only for the rest; a record too long for seq_len is
-cut in x only (never I_τ, the rationale or y) or refused; accuracy and token F1 beside exact
-match. The teacher is a fake OpenAI server on 127.0.0.1 (tests/fake_openai.py)."""
+had when killed and a rerun asks the teacher only for the rest (one engine task per shard that
+misses some); a record too long for seq_len is cut in x only (never I_τ, the rationale or y) or
+refused; accuracy and token F1 beside exact match, the eval package's own functions. The teacher is a fake OpenAI server on 127.0.0.1 (tests/fake_openai.py)."""
 
 import json
 import os
@@ -46,7 +46,21 @@ def teacher_overrides(url):
             ("engine.kind", "synchronous")]
 
 
+def kept_rationales(directory):
+    """The complete rationale lines of every shard file."""
+    out = []
+    for name in sorted(os.listdir(directory)) if directory.exists() else []:
+        for line in (directory / name).read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # the line a kill cut short
+                pass
+    return out
+
+
 def test_fiat_infer_killed_keeps_rationales_and_rerun_sends_only_the_rest(tmp_path):
+    """Killed in process after 3 rationales; the rerun runs one engine task per shard that still
+    misses some, on 2 local workers."""
     student = tiny_sp_checkpoint(tmp_path / "student", "tiny_llama2", seed=1)
     rows = [{"question": f"Вопрос {i}: есть ли ответ?", "label": "да" if i % 2 else "нет"}
             for i in range(8)]
@@ -56,6 +70,7 @@ def test_fiat_infer_killed_keeps_rationales_and_rerun_sends_only_the_rest(tmp_pa
         overrides = teacher_overrides(server.url) + [
             ("fiat.inputs", inputs), ("fiat.input_field", "question"),
             ("fiat.target_field", "label"), ("fiat.tokenizer", student),
+            ("fiat.records_per_shard", "2"),
             ("fiat.infer.student", student), ("fiat.infer.output", str(preds)),
             ("fiat.infer.dtype", "float32"), ("fiat.infer.max_new_tokens", "3"),
             ("fiat.infer.length_bucket", "64"), ("fiat.infer.batch_size", "4")]
@@ -64,23 +79,27 @@ def test_fiat_infer_killed_keeps_rationales_and_rerun_sends_only_the_rest(tmp_pa
             [sys.executable, "-c", RUN_INFER, os.path.join(CONFIGS, "infer.py")]
             + [f"{k}={v}" for k, v in overrides], cwd=REPO, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        cache = tmp_path / "preds.jsonl.rationales.jsonl"
+        cache = tmp_path / "preds.jsonl.rationales"
         deadline = time.time() + 180
-        while not cache.exists() or len(cache.read_text().splitlines()) < 3:
+        while len(kept_rationales(cache)) < 3:
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.time() < deadline
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kept = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+        kept = kept_rationales(cache)
         assert 3 <= len(kept) < len(rows) and not preds.exists()
         sent = len(server.prompts)
-        cfg = config_lib.load(os.path.join(CONFIGS, "infer.py"), overrides)
+        cfg = config_lib.load(os.path.join(CONFIGS, "infer.py"), overrides + [
+            ("engine.kind", "local"), ("engine.num_workers", "2")])
         summary = fiat_infer.infer(cfg)
         resent = server.prompts[sent:]
     assert len(resent) == len(rows) - len(kept)  # only the rationales it did not have
     kept_inputs = {rows[r["index"]]["question"] for r in kept}
     assert not [p for p in resent if any(q in p for q in kept_inputs)]
+    # One request at a time in process, in input order: the shards complete before the kill
+    # are not run again.
+    assert summary["shards_total"] == 4 and summary["shards_run"] == 4 - len(kept) // 2
     out = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
     assert [r["input"] for r in out] == [r["question"] for r in rows]
     for r in out:
@@ -93,14 +112,14 @@ def test_fiat_infer_killed_keeps_rationales_and_rerun_sends_only_the_rest(tmp_pa
 def test_predictions_already_on_disk_are_reused(tmp_path):
     """A rerun after the student had answered some inputs decodes only the others."""
     path = tmp_path / "p.jsonl"
-    shas = [shards.sha(p) for p in ("a", "b", "c")]
+    shas = {i: shards.sha(p) for i, p in enumerate(("a", "b", "c"))}
     log = fiat_infer.Appender(str(path), shas)
     log.add(0, prediction="yes")
     log.add(2, prediction="no")
     log.close()
     with open(path, "a", encoding="utf-8") as f:
         f.write('{"index": 1, "sha": "')  # the line a kill cut short
-    again = fiat_infer.Appender(str(path), [shas[0], shas[1], shards.sha("changed")])
+    again = fiat_infer.Appender(str(path), {**shas, 2: shards.sha("changed")})
     assert {i: r["prediction"] for i, r in again.done.items()} == {0: "yes"}
     again.add(1, prediction="maybe")
     again.close()
@@ -153,7 +172,13 @@ def test_accuracy_and_token_f1_beside_exact_match():
             {"prediction": "no", "target": "no"},
             {"prediction": "1147 year", "target": "in 1147"}]
     got = fiat_infer.score(rows)
-    assert got["exact_match"] == 0.25  # only "no" is the same string
-    assert got["accuracy"] == 0.75  # after normalising case, punctuation and articles
+    assert got["exact_match"] == 0.75  # after normalising case, punctuation and articles
+    assert got["accuracy"] == 0.25  # only "no" is the label string itself
     assert got["token_f1"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)
     assert fiat_infer.score([{"prediction": "x"}]) == {}
+    # The eval package's generation metrics are the same functions (lepjax.answers).
+    from lepjax import answers
+    from lepjax.eval import metrics
+
+    assert metrics.EXAMPLE_METRICS["exact_match"] is answers.exact_match
+    assert metrics.EXAMPLE_METRICS["f1"] is answers.token_f1

@@ -1,7 +1,9 @@
 """FIAT inference: the teacher writes a rationale r for each input x, then the LoRA-tuned student
 answers I_τ + x + r; predictions go to a JSONL file (exact match, accuracy and token F1
-reported when targets exist). Rationales and predictions are appended to OUTPUT.rationales.jsonl /
-OUTPUT.predictions.jsonl as they arrive, so a killed run keeps them and a rerun sends only the rest.
+reported when targets exist). The rationales are engine tasks (`engine.*`), one per shard of
+`fiat.records_per_shard` inputs; rationales and predictions are appended to
+OUTPUT.rationales/shard-NNNNN.jsonl and OUTPUT.predictions.jsonl as they arrive, so a killed run
+keeps them and a rerun sends only the rest.
 
     lepjax augment fiat-infer --config=configs/fiat/infer.py \
         --config.teacher.path=TEACHER_DIR --config.fiat.inputs=test.jsonl \

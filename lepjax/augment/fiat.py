@@ -52,7 +52,8 @@ def fiat_section() -> ConfigDict:
       tokenizer: the student's tokenizer (file or model directory) for the tokens/ records.
       add_bos, add_eos: BOS before the prompt, EOS after the target.
       output_dir: where text/ and tokens/ go.
-      records_per_shard: examples per shard (the unit of resumption).
+      records_per_shard: examples per shard (the unit of resumption; one engine task each, for
+        fiat-infer's rationales too).
       seq_len: the student's training row length (`data.seq_len` of lora_tune): BOS + prompt +
         target + EOS must fit it.
       on_long: truncate | error: a record that does not fit `seq_len` is cut in x only
@@ -65,10 +66,12 @@ def fiat_section() -> ConfigDict:
         student: the tuned student: a `lepjax train` run directory (LoRA merged) or a model dir.
         tokenizer: the student's tokenizer ("" = fiat.tokenizer, else the student directory).
         output: predictions JSONL to write (rationales and predictions are appended to
-          OUTPUT.rationales.jsonl / OUTPUT.predictions.jsonl as they arrive; a rerun reuses them).
+          OUTPUT.rationales/shard-NNNNN.jsonl (one engine task per shard of records_per_shard
+          inputs) and OUTPUT.predictions.jsonl as they arrive; a rerun reuses them).
         max_new_tokens, stop: the student's answer length limit and stop strings (greedy).
         dtype, batch_size, length_bucket: how the student is decoded.
-        lang: language of the normalisation of accuracy and token F1 (English drops articles).
+        lang: language of the normalisation of exact match and token F1 (English drops
+          articles; lepjax.answers).
     """
     return ConfigDict(dict(
         inputs=(), input_field="input", target_field="target", reasoning_prompt="",

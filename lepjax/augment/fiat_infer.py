@@ -3,14 +3,15 @@ writes a rationale r for each input x, then the LoRA-tuned student answers I_τ 
 prompt format it was tuned on, x cut as in training when the prompt would not fit
 `fiat.seq_len` with the answer's `max_new_tokens`).
 
-Rationales and predictions are appended to OUTPUT.rationales.jsonl and OUTPUT.predictions.jsonl
-as they arrive (one JSON line each, keyed by input index and a hash of its prompt), so a run that
-is killed or whose teacher fails keeps them, and a rerun sends only the rest. When every input is
-done, `fiat.infer.output` gets one JSON line per input in input order, {"index", "source",
-"input", "rationale", "prompt", "prediction"[, "target"]}, and the two partial files go. With
-targets the summary reports exact match (stripped strings equal), accuracy (equal after SQuAD
-normalisation: case, punctuation, English articles, spaces) and token F1 (SQuAD's bag-of-tokens
-F1).
+The rationales are engine tasks (`cfg.engine`), one per shard of `fiat.records_per_shard` inputs
+that still misses some; each task reads its own inputs and appends its rationales to
+OUTPUT.rationales/shard-NNNNN.jsonl as they arrive. The student then decodes in this process and
+appends its predictions to OUTPUT.predictions.jsonl. Each line is keyed by input index and a hash
+of its prompt and settings, so a run that is killed or whose teacher fails keeps what it had, and a
+rerun sends only the rest. When every input is done, `fiat.infer.output` gets one JSON line per
+input in input order, {"index", "source", "input", "rationale", "prompt", "prediction"[,
+"target"]}, and the partial files go. With targets the summary reports exact match, accuracy and
+token F1 (lepjax.answers).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
+import shutil
 import time
-import unicodedata
-from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
+from lepjax import answers
 from lepjax.augment import fiat, shards
 from lepjax.augment.teacher_api import Teacher, TeacherError
 
@@ -57,22 +58,30 @@ def load_student(section: Any, fallback_tokenizer: str = "", mesh=None, rules=No
     return model, tok
 
 
-class Appender:
-    """An append-only JSONL of {"index", "sha", ...} rows: rows of a killed run are reused when
-    their prompt hash still matches; a line cut short by a kill is ignored."""
+def read_rows(path: str, shas: Mapping[int, str]) -> dict[int, dict[str, Any]]:
+    """The rows of an append-only JSONL of {"index", "sha", ...} whose hash still matches
+    `shas[index]` (a line cut short by a kill, or of other inputs or settings, is ignored)."""
+    done: dict[int, dict[str, Any]] = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the last line of a killed run
+                i = row.get("index")
+                if isinstance(i, int) and i in shas and row.get("sha") == shas[i]:
+                    done[i] = row
+    return done
 
-    def __init__(self, path: str, shas: list[str]):
-        self.path, self.shas, self.done = path, shas, {}
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # the last line of a killed run
-                    i = row.get("index")
-                    if isinstance(i, int) and i < len(shas) and row.get("sha") == shas[i]:
-                        self.done[i] = row
+
+class Appender:
+    """An append-only JSONL of {"index", "sha", ...} rows (`read_rows`): the rows of a killed
+    run are reused when their hash still matches."""
+
+    def __init__(self, path: str, shas: Mapping[int, str]):
+        self.path, self.shas = path, shas
+        self.done = read_rows(path, shas)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         cut = False
         if os.path.isfile(path) and os.path.getsize(path):
@@ -94,96 +103,139 @@ class Appender:
         self._file.close()
 
 
-def _rationales(teacher_fn, prompts: list[str], request: Any, path: str,
-                sources: list[str], progress: bool) -> list[str]:
-    """The teacher's rationales, appended to `path` as they arrive; those already there (for the
-    same prompts) are reused."""
-    log_ = Appender(path, [shards.sha(p) for p in prompts])
-    if log_.done:
-        log.info("fiat-infer: %d rationales reused from %s", len(log_.done), path)
-    todo = [i for i in range(len(prompts)) if i not in log_.done]
+FIELDS = {"input": "input_field", "target": "target_field"}
+
+
+def _fields(fc: Any) -> dict[str, str]:
+    return {name: fc[key] for name, key in FIELDS.items()}
+
+
+def rationale_key(fc: Any, prompt: str) -> str:
+    """The hash a rationale is kept under: its teacher prompt and request."""
+    return shards.sha(json.dumps([prompt, fc.max_new_tokens, list(fc.stop)], ensure_ascii=False))
+
+
+def shard_path(directory: str, index: int) -> str:
+    return os.path.join(directory, f"shard-{index:05d}.jsonl")
+
+
+def rationale_shard(cfg: Any, directory: str, index: int, first: int, pieces: list, *,
+                    get_teacher=None) -> dict[str, Any]:
+    """Engine task: the rationales of inputs `first`, `first + 1`, ... (`pieces` of the JSONL
+    inputs, see shards.plan_jsonl), which it reads itself. Those already in its shard file are
+    kept; the teacher's others are appended as they arrive. Returns {"inputs", "asked"}, or
+    {"error"} naming the inputs the teacher failed on (a retry of the task would not help)."""
+    from lepjax.augment.teacher import worker_teacher
+
+    fc = cfg.fiat
+    beta = fiat.load_reasoning_prompt(fc.reasoning_prompt)
+    chunk = shards.read_jsonl_pieces(pieces, _fields(fc), optional=("target",))
+    prompts = [fiat.teacher_prompt(beta, e["input"]) for e in chunk]
+    out = Appender(shard_path(directory, index),
+                   {first + k: rationale_key(fc, p) for k, p in enumerate(prompts)})
+    todo = [k for k in range(len(chunk)) if first + k not in out.done]
     try:
         if todo:
-            teacher_fn().complete([prompts[i] for i in todo], request, progress=progress,
-                                  on_result=lambda k, text: log_.add(todo[k], rationale=text))
+            teacher = get_teacher() if get_teacher is not None else worker_teacher(cfg)
+            teacher.complete([prompts[k] for k in todo], fiat.teacher_request(fc),
+                             on_result=lambda j, text: out.add(first + todo[j], rationale=text))
     except TeacherError as e:
-        failed = [todo[k] for k in e.failed]
-        where = ", ".join(f"input {i} ({sources[i]})" for i in failed[:10])
-        raise shards.AugmentError(
-            f"teacher failed on {len(failed)} of {len(prompts)} inputs ({where}): {e}. The "
-            f"{len(log_.done)} rationales it wrote are kept in {path}; a rerun only asks for the "
-            "rest") from e
+        failed = [todo[j] for j in e.failed]
+        where = ", ".join(f"input {first + k} ({chunk[k]['source']})" for k in failed[:10])
+        return {"error": f"teacher failed on {len(failed)} of the {len(chunk)} inputs of shard "
+                         f"{index} ({where}{', ...' if len(failed) > 10 else ''}): {e}"}
     finally:
-        log_.close()
-    return [log_.done[i]["rationale"].strip() for i in range(len(prompts))]
+        out.close()
+    return {"inputs": len(chunk), "asked": len(todo)}
 
 
-ARTICLES = {"en": re.compile(r"\b(a|an|the)\b")}
+def _rationales(cfg: Any, examples: list[dict[str, str]], plan: list, directory: str,
+                teacher: Teacher | None, progress: bool) -> tuple[list[str], dict[str, int]]:
+    """The teacher's rationale of every example: one engine task per shard of the plan that
+    misses some (the others are read back); returns them and the shard counts."""
+    from tqdm import tqdm
 
+    from lepjax.augment.teacher import run_shard_tasks
 
-def normalize_answer(text: str, lang: str = "en") -> str:
-    """SQuAD-style: lower-case, no (Unicode) punctuation, no English articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if not unicodedata.category(ch).startswith("P"))
-    if lang in ARTICLES:
-        text = ARTICLES[lang].sub(" ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction: str, target: str, lang: str = "en") -> float:
-    """SQuAD's bag-of-tokens F1 of the normalised prediction against the normalised target."""
-    pred, ref = normalize_answer(prediction, lang).split(), normalize_answer(target, lang).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    return 0.0 if not common else 2 * common / (len(pred) + len(ref))
+    fc = cfg.fiat
+    beta = fiat.load_reasoning_prompt(fc.reasoning_prompt)
+    keys = [rationale_key(fc, fiat.teacher_prompt(beta, e["input"])) for e in examples]
+    n, found = fc.records_per_shard, {}
+    todo = []
+    for i in range(len(plan)):
+        shas = {k: keys[k] for k in range(i * n, min((i + 1) * n, len(examples)))}
+        rows = read_rows(shard_path(directory, i), shas)
+        found.update(rows)
+        if len(rows) < len(shas):
+            todo.append(i)
+    if found:
+        log.info("fiat-infer: %d rationales reused from %s", len(found), directory)
+    os.makedirs(directory, exist_ok=True)
+    bar = tqdm(total=len(examples), initial=len(found), desc="rationales", unit="input",
+               disable=not progress)
+    try:
+        for _, got in run_shard_tasks(cfg, rationale_shard,
+                                      [(cfg, directory, i, i * n, plan[i]) for i in todo],
+                                      teacher=teacher):
+            if "error" in got:
+                raise shards.AugmentError(
+                    f"{got['error']}. The rationales the teacher wrote are kept in {directory}; "
+                    "a rerun only asks for the rest")
+            bar.update(got["asked"])
+    finally:
+        bar.close()
+    for i in todo:
+        found.update(read_rows(shard_path(directory, i),
+                               {k: keys[k] for k in range(i * n, min((i + 1) * n,
+                                                                     len(examples)))}))
+    missing = [k for k in range(len(examples)) if k not in found]
+    if missing:  # a shard task finished without writing them: the rationale files were touched
+        raise shards.AugmentError(f"fiat-infer: no rationale for inputs {missing[:10]} in "
+                                  f"{directory} after their tasks finished")
+    return ([found[k]["rationale"].strip() for k in range(len(examples))],
+            {"shards_total": len(plan), "shards_run": len(todo)})
 
 
 def score(rows: list[dict[str, Any]], lang: str = "en") -> dict[str, float]:
-    """exact_match (stripped strings equal), accuracy (equal after `normalize_answer`) and
-    token_f1: means over the rows that have a target. (The same definitions as
-    lepjax.eval.metrics, which augment may not import.)"""
+    """exact_match, accuracy and token_f1 (lepjax.answers): means over the rows that have a
+    target."""
     scored = [r for r in rows if "target" in r]
     if not scored:
         return {}
     n = len(scored)
-    return {"exact_match": round(sum(r["prediction"] == r["target"].strip()
+    return {"exact_match": round(sum(answers.exact_match(r["prediction"], r["target"], lang)
                                      for r in scored) / n, 4),
-            "accuracy": round(sum(normalize_answer(r["prediction"], lang)
-                                  == normalize_answer(r["target"], lang) for r in scored) / n, 4),
-            "token_f1": round(sum(token_f1(r["prediction"], r["target"], lang)
+            "accuracy": round(sum(answers.accuracy(r["prediction"], r["target"])
+                                  for r in scored) / n, 4),
+            "token_f1": round(sum(answers.token_f1(r["prediction"], r["target"], lang)
                                   for r in scored) / n, 4)}
 
 
 def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = None
           ) -> dict[str, Any]:
-    """Rationales from the teacher, answers from the student; writes the predictions JSONL and
-    returns a summary (with the metrics when the inputs have targets)."""
+    """Rationales from the teacher (on the engine), answers from the student (in this process);
+    writes the predictions JSONL and returns a summary (with the metrics when the inputs have
+    targets). `teacher` (an object) and the local backend run the rationale tasks in this
+    process."""
     from lepjax import parallel
-    from lepjax.augment.teacher import make_teacher
     from lepjax.generate import Generator, SamplingParams
 
     fc, ic = cfg.fiat, cfg.fiat.infer
     progress = cfg.get("progress", True) if progress is None else progress
     if not ic.output:
         raise shards.AugmentError("fiat.infer.output is not set (the predictions JSONL)")
-    beta = fiat.load_reasoning_prompt(fc.reasoning_prompt)
+    if fc.records_per_shard <= 0:
+        raise shards.AugmentError("fiat.records_per_shard must be positive")
+    fiat.load_reasoning_prompt(fc.reasoning_prompt)
     fiat.student_prompt(fc, "x", "r")
+    _, _, plan = shards.plan_jsonl(fc.inputs, _fields(fc), fc.records_per_shard,
+                                   optional=("target",), what="fiat.inputs")
     examples = fiat.read_examples(fc, need_target=False)
     mesh, rules = parallel.mesh_from_config(cfg.mesh) if "mesh" in cfg else (None, None)
     start = time.perf_counter()
     out_path = os.path.abspath(ic.output)
-
-    def get_teacher() -> Teacher:
-        nonlocal teacher
-        if teacher is None:
-            teacher = make_teacher(cfg)
-        return teacher
-
-    rationales_path = out_path + ".rationales.jsonl"
-    rationales = _rationales(get_teacher, [fiat.teacher_prompt(beta, e["input"])
-                                           for e in examples],
-                             fiat.teacher_request(fc), rationales_path,
-                             [e["source"] for e in examples], progress)
+    rationales_dir = out_path + ".rationales"
+    rationales, counts = _rationales(cfg, examples, plan, rationales_dir, teacher, progress)
     teacher = None  # a local teacher's weights can go before the student loads
     teacher_s = time.perf_counter() - start
     model, tok = load_student(ic, fc.tokenizer, mesh, rules)
@@ -193,7 +245,9 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = N
                                f"input {k} ({e['source']})")
         prompts.append(fiat.student_prompt(fc, x, r))
     preds_path = out_path + ".predictions.jsonl"
-    preds = Appender(preds_path, [shards.sha(p) for p in prompts])
+    settings = [os.path.abspath(ic.student), ic.max_new_tokens, list(ic.stop), ic.dtype]
+    preds = Appender(preds_path, {i: shards.sha(json.dumps([p, *settings], ensure_ascii=False))
+                                  for i, p in enumerate(prompts)})
     todo = [i for i in range(len(prompts)) if i not in preds.done]
     try:
         if todo:
@@ -222,11 +276,11 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = N
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     os.replace(tmp, out_path)
-    for path in (rationales_path, preds_path):
-        os.remove(path)
+    shutil.rmtree(rationales_dir)
+    os.remove(preds_path)
     seconds = time.perf_counter() - start
     log.info("fiat-infer: %d inputs in %.1f s (teacher %.1f s; %.2f inputs/s)", len(examples),
              seconds, teacher_s, len(examples) / max(seconds, 1e-9))
-    return {"output": out_path, "inputs": len(examples),
+    return {"output": out_path, "inputs": len(examples), **counts,
             "inputs_per_s": round(len(examples) / max(seconds, 1e-9), 3),
             **score(rows, ic.lang)}
