@@ -125,6 +125,34 @@ def test_semaphore_caps_holders_across_workers(cluster):
     assert any(a[1] > b[0] for a, b in zip(free, free[1:])), "2 workers never overlapped"
 
 
+def leases_in_turn(name, count):
+    for _ in range(count):
+        with engine_lib.lease(name, 2):
+            pass
+    return os.getpid()
+
+
+def test_a_worker_registers_a_semaphore_once_not_per_lease(cluster):
+    """Each lease is one acquire and one release; the semaphore is registered with the scheduler
+    once per worker process (and name), not once per request."""
+    c, _ = cluster
+    ext = c.scheduler.extensions["semaphores"]
+    registered = []
+    create = ext.create
+    c.scheduler.handlers["semaphore_register"] = lambda **kw: (registered.append(kw["name"]),
+                                                               create(**kw))[1]
+    try:
+        section = engine_lib.engine_section()
+        section.update(dict(kind="dask", scheduler=c.scheduler_address))
+        with engine_lib.open_engine(section) as engine:
+            pids = {pid for _, pid in engine.map(leases_in_turn, [("cache1", 25)] * 4)}
+    finally:
+        c.scheduler.handlers["semaphore_register"] = create
+    assert ext.metrics["acquire_total"]["cache1"] == 100
+    assert ext.metrics["release_total"]["cache1"] == 100
+    assert 1 <= len(registered) <= len(pids) and set(registered) == {"cache1"}, registered
+
+
 def time_span(seconds):
     start = time.time()
     time.sleep(seconds)
