@@ -51,7 +51,6 @@ def test_an_oversized_batch_reports_out_of_memory(v5e16):
     assert r["fits"] is False and "memory" in r["error"].lower()
 
 
-@pytest.mark.xfail(strict=True, reason="open: the attention kernel choice still reads jax.default_backend(), not the mesh's devices (issue 18)")
 def test_splash_follows_the_mesh_devices_and_compiles_mosaic_kernels(v5e16):
     splash = aot.compile_train_step(tiny(seq_len=512, attention="splash"), v5e16)
     auto = aot.compile_train_step(tiny(seq_len=512, attention="auto"), v5e16)

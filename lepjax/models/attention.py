@@ -7,6 +7,10 @@ Kernels, picked by the run's `Compute.attention`:
 - `splash`: the Pallas splash-attention kernel for TPUs (segment ids handled natively).
 - `auto`: cudnn on GPU with a 16-bit dtype, splash on TPU, xla otherwise.
 
+The platform is that of the devices of the active mesh (`parallel.activation_sharding`), not the
+host's backend: a train step traced for a TPU mesh on a CPU machine (`lepjax compile`) picks, and
+compiles, the kernel the pod will run. Without a mesh it is `jax.default_backend()`.
+
 All kernels implement the same mask: causal, restricted to the token's own segment (packed rows),
 and, with a sliding window w, to the last w positions including itself (Mistral).
 
@@ -30,11 +34,20 @@ from lepjax import parallel
 from lepjax.parallel import constrain
 
 
+def mesh_platform() -> str:
+    """The platform ('tpu', 'gpu', 'cpu') of the active mesh's devices, else of the host."""
+    ctx = parallel.current_activation_sharding()
+    if ctx is None:
+        return jax.default_backend()
+    return ctx[0].devices.flat[0].platform
+
+
 def resolve_implementation(name: str, dtype: str, platform: str | None = None) -> str:
-    """The kernel `auto` stands for on this platform; other names are returned as given."""
+    """The kernel `auto` stands for on `platform` (default: `mesh_platform()`); other names are
+    returned as given."""
     if name != "auto":
         return name
-    platform = platform or jax.default_backend()
+    platform = platform or mesh_platform()
     if platform == "gpu" and jnp.dtype(dtype).itemsize == 2:
         return "cudnn"
     if platform == "tpu":
@@ -55,7 +68,7 @@ def decode_kernels(attention: str, dtype: str, *, length_bucket: int, head_dim: 
     - auto: cudnn on a GPU with a 16-bit dtype, splash prefill on TPU when `length_bucket` is a
       multiple of 128, xla otherwise.
     """
-    platform = platform or jax.default_backend()
+    platform = platform or mesh_platform()
     if attention == "auto":
         if platform == "gpu" and jnp.dtype(dtype).itemsize == 2 and _cudnn_head_dim(head_dim):
             return {"prefill": "cudnn", "step": "cudnn"}
@@ -148,12 +161,14 @@ def cudnn_attention(q, k, v, segment_ids, sliding_window):
 def splash_attention(q, k, v, segment_ids, sliding_window, interpret: bool | None = None):
     """Pallas splash attention for TPUs. Same contract as `xla_attention`.
 
-    Off TPU (or with `interpret=True`) the kernel runs in Pallas interpret mode: correct but slow,
-    which is how the CPU tests check it. Under a mesh (`parallel.activation_sharding`) the kernel
-    runs per shard in a `shard_map` over batch and heads.
+    Off TPU (`mesh_platform()`, or with `interpret=True`) the kernel runs in Pallas interpret
+    mode: correct but slow, which is how the CPU tests check it; for a TPU mesh it is the Mosaic
+    kernel, also when traced on a CPU host for ahead-of-time compilation. Under a mesh
+    (`parallel.activation_sharding`) the kernel runs per shard in a `shard_map` over batch and
+    heads.
     """
     if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+        interpret = mesh_platform() != "tpu"
     if segment_ids is None:
         segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
     ctx = parallel.current_activation_sharding()
