@@ -1,6 +1,7 @@
-"""A fake OpenAI-compatible /v1/completions server on 127.0.0.1 for augmentation tests: it answers
-each prompt with `reply(prompt)` (a string, or an int HTTP status to fail with), records every
-prompt it receives, and can wait `delay_s` per request.
+"""A fake OpenAI-compatible /v1/completions and /v1/chat/completions server on 127.0.0.1 for
+augmentation tests: it answers each prompt (a chat request's one user message) with
+`reply(prompt)` (a string, or an int HTTP status to fail with), records every prompt it receives
+and each request's path and body (`requests`), and can wait `delay_s` per request.
 
 It counts the requests in flight (`in_flight`, the most at once in `max_in_flight`) and, for
 utilisation, their time integral: `mean_in_flight()` is the mean number in flight between the
@@ -26,6 +27,7 @@ class FakeServer:
     def __init__(self, reply, delay_s: float = 0.0, slots: int = 0):
         self.reply, self.delay_s = reply, delay_s
         self.prompts: list[str] = []
+        self.requests: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
         self._area = 0.0  # integral of in_flight over time
@@ -40,9 +42,11 @@ class FakeServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["prompt"]
+                chat = self.path.endswith("/chat/completions")
+                prompt = body["messages"][0]["content"] if chat else body["prompt"]
                 with outer.lock:
                     outer.prompts.append(prompt)
+                    outer.requests.append((self.path, body))
                 outer._count(+1)
                 try:
                     if outer._slots is not None:
@@ -60,7 +64,9 @@ class FakeServer:
                     data = json.dumps({"error": {"message": f"rejected with {out}"}}).encode()
                     self.send_response(out)
                 else:
-                    data = json.dumps({"choices": [{"text": out, "index": 0}]}).encode()
+                    choice = ({"message": {"role": "assistant", "content": out}} if chat
+                              else {"text": out})
+                    data = json.dumps({"choices": [{**choice, "index": 0}]}).encode()
                     self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

@@ -395,3 +395,64 @@ def test_generate_chat_renders_prompts_and_messages(chat_server, instruct, check
     capsys.readouterr()
     assert main(["generate", f"--config.model.path={checkpoint}", *common]) == 1
     assert "has no chat template" in capsys.readouterr().err
+
+
+# ---- the openai teacher on the chat endpoint (teacher.api=chat) ------------------------------
+
+
+def test_chat_api_teacher_gets_the_templated_greedy_completion(chat_server, instruct):
+    """`api=chat` sends each prompt as the user message: the server renders the ChatML template,
+    so the completions are the local decoding of the rendered conversation, not of the prompt."""
+    from lepjax.augment.teacher_api import BOS, EOS
+
+    url, _ = chat_server
+    prompts = [PROMPTS[0], PROMPTS[2], ["Вопрос", EOS, BOS, " ответ"]]
+    greedy = Request(max_new_tokens=6)
+    teacher = OpenAITeacher(url, model="tiny-instruct", api="chat", max_in_flight=3,
+                            special_text={"bos": "<s>", "eos": "</s>"})
+    assert teacher.url == url + "/chat/completions"
+    got = teacher.complete(prompts, greedy)
+    texts = [PROMPTS[0], PROMPTS[2], "Вопрос</s><s> ответ"]
+    rendered = [instruct[1].apply_chat_template([{"role": "user", "content": t}],
+                                                add_generation_prompt=True, tokenize=False)
+                for t in texts]
+    local = LocalTeacher(instruct[0], dtype="float32", batch_size=3, length_bucket=16,
+                         add_bos=False)
+    assert got == local.complete(rendered, greedy)
+    plain = OpenAITeacher(url, model="tiny-instruct", max_in_flight=3,
+                          special_text={"bos": "<s>", "eos": "</s>"})
+    assert plain.complete(prompts, greedy) != got
+
+
+def test_chat_api_body_and_reply_shape():
+    from fake_openai import FakeServer
+
+    from lepjax.augment.teacher_api import BOS, EOS
+
+    with FakeServer(lambda p: p[::-1]) as server:
+        teacher = OpenAITeacher(server.url, model="m", api="chat",
+                                special_text={"bos": "<s>", "eos": "</s>"})
+        out = teacher.complete([["a", EOS, BOS, " b"], "c"],
+                               Request(max_new_tokens=5, stop=("\n",)))
+    assert out == ["a</s><s> b"[::-1], "c"]
+    bodies = sorted((body for _, body in server.requests), key=lambda b: len(str(b)))
+    assert {path for path, _ in server.requests} == {"/v1/chat/completions"}
+    assert bodies[1]["messages"] == [{"role": "user", "content": "a</s><s> b"}]
+    assert "prompt" not in bodies[1] and bodies[1]["max_tokens"] == 5
+    assert bodies[1]["stop"] == ["\n"] and bodies[1]["model"] == "m"
+
+
+def test_teacher_api_is_checked_at_config_load():
+    from lepjax.augment.config import default_config, validate_config
+    from lepjax.augment.teacher import make_teacher
+    from lepjax.config import ConfigError
+
+    cfg = default_config()
+    cfg.teacher.update(dict(backend="openai", urls=("http://h:9/v1",), api="chta"))
+    with pytest.raises(ConfigError, match="teacher.api.*did you mean 'chat'"):
+        validate_config(cfg)
+    cfg.teacher.api = "chat"
+    validate_config(cfg)
+    assert make_teacher(cfg).url == "http://h:9/v1/chat/completions"
+    with pytest.raises(ValueError, match="is the completions endpoint but teacher.api='chat'"):
+        OpenAITeacher("http://h:9/v1/completions", api="chat")

@@ -34,11 +34,12 @@ def default_config() -> ConfigDict:
 
 def validate_config(cfg: ConfigDict) -> None:
     """Check the enumerated keys of an augment config (model-free, before any file is read):
-    teacher.backend, fiat.on_error, fiat.on_long, synth.separator, synth.on_error; a ConfigError
-    names the key and the closest valid values."""
+    teacher.backend, teacher.api, fiat.on_error, fiat.on_long, synth.separator, synth.on_error;
+    a ConfigError names the key and the closest valid values."""
     from lepjax.config import ConfigError, check_choice
 
-    checks = [("teacher.backend", ("local", "openai")), ("fiat.on_error", ("fail", "skip")),
+    checks = [("teacher.backend", ("local", "openai")), ("teacher.api", ("completions", "chat")),
+              ("fiat.on_error", ("fail", "skip")),
               ("fiat.on_long", ("truncate", "error")), ("synth.separator", ("eos_bos", "text")),
               ("synth.on_error", ("fail", "skip"))]
     for key, choices in checks:

@@ -1,4 +1,10 @@
-"""The `openai` teacher: any OpenAI-compatible /v1/completions endpoint (vLLM, `lepjax serve`, ...).
+"""The `openai` teacher: any OpenAI-compatible endpoint (vLLM, `lepjax serve`, a hosted API).
+
+`api` picks the endpoint: `completions` posts the prompt to /v1/completions and reads
+`choices[0].text`; `chat` posts it as the one user message (`messages: [{"role": "user",
+"content": prompt}]`) to /v1/chat/completions, where the server renders its chat template with
+the generation prompt, and reads `choices[0].message.content` (for teachers served with a chat
+template, e.g. vLLM's instruct models).
 
 Standard library only (urllib). Prompts go one per request to a pool of servers (`urls`, e.g.
 one vLLM server per accelerator host): each request goes to the server of the pool with the fewest
@@ -12,7 +18,9 @@ server's message. When prompts fail, `complete` raises `TeacherError` *after* al
 its `completed` dict (prompt index -> text) holds every completion that did succeed, so callers
 can keep them and retry only `failed`. Special prompt parts (`BOS`, `EOS`) are sent as the strings
 of `special_text` (the synthesizer's tokenizer's `<s>` / `</s>`), which the server's tokenizer
-maps back to the special ids.
+maps back to the special ids; with `api=chat` those strings are part of the user message's text,
+inside the server's chat template (whether its tokenizer then maps them to the special ids is the
+server's choice: vLLM's and `lepjax serve`'s do).
 """
 
 from __future__ import annotations
@@ -50,30 +58,41 @@ class _Fatal(Exception):
     """A failure another attempt will not fix (HTTP 4xx other than 429, a malformed reply)."""
 
 
-def completions_url(url: str) -> str:
-    """The completions endpoint of a base URL: http://h:p/v1 -> http://h:p/v1/completions.
+APIS = {"completions": "/completions", "chat": "/chat/completions"}  # teacher.api -> endpoint
 
-    A URL without a path gets /v1; one already ending in /completions is kept as is.
+
+def endpoint_url(url: str, api: str = "completions") -> str:
+    """The endpoint of `api` at a base URL: http://h:p/v1 -> http://h:p/v1/completions (or
+    /v1/chat/completions for `chat`).
+
+    A URL without a path gets /v1; one already ending in the endpoint is kept as is; one ending
+    in the other API's endpoint is a ValueError.
     """
+    if api not in APIS:
+        raise ValueError(f"teacher.api={api!r}: expected one of {sorted(APIS)}")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"teacher.urls: {url!r}: expected an http(s) URL such as "
                          "http://127.0.0.1:8000/v1")
     path = parts.path.rstrip("/")
     if path.endswith("/completions"):
+        named = "chat" if path.endswith("/chat/completions") else "completions"
+        if named != api:
+            raise ValueError(f"teacher.urls: {url!r} is the {named} endpoint but teacher.api="
+                             f"{api!r}: give the base URL (.../v1) or set teacher.api={named!r}")
         return url
-    return urllib.parse.urlunsplit(parts._replace(path=(path or "/v1") + "/completions"))
+    return urllib.parse.urlunsplit(parts._replace(path=(path or "/v1") + APIS[api]))
 
 
-def parse_urls(urls: str | Sequence[str]) -> list[str]:
-    """The completions endpoints of a pool of base URLs (a sequence, or one comma-separated
-    string); raises ValueError when it is empty or a URL is not http(s)."""
+def parse_urls(urls: str | Sequence[str], api: str = "completions") -> list[str]:
+    """The `api` endpoints of a pool of base URLs (a sequence, or one comma-separated string);
+    raises ValueError when it is empty or a URL is not http(s)."""
     items = [u.strip() for u in (urls.split(",") if isinstance(urls, str) else urls)
              if u.strip()]
     if not items:
         raise ValueError("teacher.urls is not set (the servers' base URLs, e.g. "
                          "http://127.0.0.1:8000/v1)")
-    return [completions_url(u) for u in items]
+    return [endpoint_url(u, api) for u in items]
 
 
 def semaphore_name(urls: Sequence[str]) -> str:
@@ -92,13 +111,15 @@ def _server_message(body: bytes) -> str:
 
 
 class OpenAITeacher:
-    """Completes prompts through an OpenAI-compatible completions endpoint (see module doc)."""
+    """Completes prompts through an OpenAI-compatible completions or chat completions endpoint
+    (`api`; see module doc)."""
 
-    def __init__(self, urls: str | Sequence[str], *, model: str = "", api_key_env: str = "",
-                 max_in_flight: int = 8, timeout_s: float = 120.0, max_retries: int = 4,
-                 backoff_s: float = 1.0, give_up_after: int | None = None,
+    def __init__(self, urls: str | Sequence[str], *, model: str = "", api: str = "completions",
+                 api_key_env: str = "", max_in_flight: int = 8, timeout_s: float = 120.0,
+                 max_retries: int = 4, backoff_s: float = 1.0, give_up_after: int | None = None,
                  special_text: Mapping[str, str] | None = None):
-        self.urls = parse_urls(urls)
+        self.urls = parse_urls(urls, api)
+        self.api = api
         self.url = ", ".join(self.urls)  # for messages
         self.semaphore = semaphore_name(self.urls)
         self._load = {u: 0 for u in self.urls}  # requests this process has in flight per server
@@ -122,11 +143,16 @@ class OpenAITeacher:
         self.give_up_after = give_up_after or max(8, 2 * max_in_flight)
 
     def body(self, prompt: Prompt, request: Request) -> dict:
-        """The JSON request body for one prompt (special parts rendered as `special_text`)."""
-        body = {"model": self.model, "prompt": render(prompt, self.special_text),
-                "max_tokens": request.max_new_tokens,
+        """The JSON request body for one prompt (special parts rendered as `special_text`): the
+        prompt, or for `api=chat` one user message holding it."""
+        text = render(prompt, self.special_text)
+        body = {"model": self.model, "max_tokens": request.max_new_tokens,
                 "temperature": request.temperature, "top_p": request.top_p,
                 "seed": request.seed, "n": 1}
+        if self.api == "chat":
+            body["messages"] = [{"role": "user", "content": text}]
+        else:
+            body["prompt"] = text
         if request.stop:
             body["stop"] = list(request.stop)
         return body
@@ -176,7 +202,10 @@ class OpenAITeacher:
             choices = json.loads(raw)["choices"]
             if len(choices) != 1:
                 raise ValueError(f"{len(choices)} choices")
-            return str(choices[0]["text"])
+            text = choices[0]["message"]["content"] if self.api == "chat" else choices[0]["text"]
+            if not isinstance(text, str):
+                raise ValueError(f"the completion is {type(text).__name__}, not a string")
+            return text
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise _Fatal(f"{url}: malformed response ({e}): {raw[:300]!r}") from None
 

@@ -39,6 +39,9 @@ def teacher_section() -> ConfigDict:
         http://127.0.0.1:8000/v1; one vLLM server per accelerator host. Requests are spread
         evenly over them.
       model: (openai) the model name sent with each request.
+      api: (openai) completions | chat: post each prompt to /v1/completions, or as the one user
+        message to /v1/chat/completions (the server applies its chat template; special prompt
+        parts are sent as their strings inside the message).
       api_key_env: (openai) environment variable holding the API key ("" = none).
       max_in_flight: (openai) requests in flight at once across the whole engine (every worker
         together: each request holds a lease of a cluster-wide semaphore); e.g. the server
@@ -53,8 +56,9 @@ def teacher_section() -> ConfigDict:
     """
     return ConfigDict(dict(
         backend="local", path="", dtype="bfloat16", batch_size=16, length_bucket=64,
-        add_bos=True, urls=(), model="", api_key_env="", max_in_flight=8, timeout_s=120.0,
-        max_retries=4, backoff_s=1.0, tokenizer="", special_text=dict(bos="", eos="")))
+        add_bos=True, urls=(), model="", api="completions", api_key_env="", max_in_flight=8,
+        timeout_s=120.0, max_retries=4, backoff_s=1.0, tokenizer="",
+        special_text=dict(bos="", eos="")))
 
 
 def special_strings(tokenizer: Any) -> dict[str, str]:
@@ -96,7 +100,8 @@ def make_teacher(cfg: Any, *, tokenizer: Any = None) -> Teacher:
     if section.backend == "openai":
         from lepjax.augment.openai_client import OpenAITeacher
 
-        return OpenAITeacher(section.urls, model=section.model, api_key_env=section.api_key_env,
+        return OpenAITeacher(section.urls, model=section.model, api=section.api,
+                             api_key_env=section.api_key_env,
                              max_in_flight=section.max_in_flight, timeout_s=section.timeout_s,
                              max_retries=section.max_retries, backoff_s=section.backoff_s,
                              special_text=_special_text(section, tokenizer))
@@ -110,7 +115,7 @@ def describe_teacher(cfg: Any) -> dict[str, Any]:
         return {"backend": "local", "path": os.path.abspath(t.path) if t.path else ""}
     urls = t.urls.split(",") if isinstance(t.urls, str) else list(t.urls)
     return {"backend": t.backend, "urls": [u.strip() for u in urls if u.strip()],
-            "model": t.model}
+            "model": t.model, "api": t.api}
 
 
 _WORKER_TEACHERS: dict[str, Teacher] = {}
