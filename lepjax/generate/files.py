@@ -23,7 +23,9 @@ def default_config() -> ConfigDict:
         {"role", "content"}) through the tokenizer's chat template, with the generation prompt;
         decoding then also stops at the template's end-of-turn token.
       messages_field: JSONL field holding a conversation (with chat=True).
-      output: JSONL file to write ({"prompt", "completion", "tokens", "finish_reason"} per line).
+      output: JSONL file to write ({"prompt", "completion", "tokens", "finish_reason"} per line);
+        never the prompts file.
+      overwrite: replace an existing, non-empty output file.
       max_new_tokens, temperature, top_k, top_p, seed: sampling (temperature 0 = greedy).
       stop: stop strings; eos: also stop at the tokenizer's EOS (and end-of-turn stop ids).
       add_bos: prepend the tokenizer's BOS to each prompt.
@@ -34,8 +36,28 @@ def default_config() -> ConfigDict:
 
     return ConfigDict(dict(
         model=model_section(), mesh=mesh_section(), tokenizer="", prompts="",
-        prompt_field="prompt", chat=False, messages_field="messages", output="", max_new_tokens=128, temperature=0.0, top_k=0,
+        prompt_field="prompt", chat=False, messages_field="messages", output="", overwrite=False,
+        max_new_tokens=128, temperature=0.0, top_k=0,
         top_p=1.0, seed=0, stop=(), eos=True, add_bos=True, batch_size=8, length_bucket=64))
+
+
+def check_output(output: str, prompts: str, overwrite: bool) -> None:
+    """Refuse an `output` that is the prompts file, or an existing non-empty file (unless
+    `overwrite`), before anything is decoded."""
+    if not output:
+        raise ValueError("output is not set")
+    if os.path.exists(prompts) and os.path.exists(output) and os.path.samefile(output, prompts):
+        raise ValueError(f"output {output} is the prompts file; choose another output")
+    if os.path.isdir(output):
+        raise IsADirectoryError(f"output {output} is a directory; expected a JSONL file path")
+    if os.path.isfile(output) and os.path.getsize(output) and not overwrite:
+        raise FileExistsError(f"output {output} exists; choose another output or set "
+                              "--config.overwrite=True to replace it")
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"output {output}: {parent} is not a directory")
 
 
 def generate_file(cfg: ConfigDict) -> dict[str, Any]:
@@ -44,9 +66,8 @@ def generate_file(cfg: ConfigDict) -> dict[str, Any]:
     from lepjax.generate.load import (chat_stop_ids, load_for_decoding, read_chat_prompts,
                                       read_prompts)
 
-    if not cfg.output:
-        raise ValueError("output is not set")
     # Bad input fails before any weight is read.
+    check_output(cfg.output, cfg.prompts, cfg.overwrite)
     if cfg.chat:
         conversations = read_chat_prompts(cfg.prompts, cfg.prompt_field, cfg.messages_field)
     else:

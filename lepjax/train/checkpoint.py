@@ -5,15 +5,38 @@ optimiser state) and `data` (the loader's position, JSON), plus `frozen/` (the f
 written once at the start). Orbax writes each checkpoint to a temporary directory and renames it
 when complete, so a save interrupted by a kill leaves the previous checkpoints as they were, and
 `latest_step()` only ever names complete ones.
+
+A complete checkpoint can still be damaged later (a disk error, a half-copied run directory).
+`restore_intact` restores the newest one that reads back, reporting each one that does not in
+one line naming its step, or the step asked for (`train.resume_step`). Checkpoints newer than the
+one resumed from are moved aside to `checkpoints_set_aside/<step>/` (never deleted), since the
+resumed run saves those steps again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("lepjax.train")
+
+SET_ASIDE = "checkpoints_set_aside"
+
+
+class CheckpointError(ValueError):
+    """No checkpoint of a run restores, or the one asked for does not exist."""
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost cause of a failed restore, in one short line."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
 
 
 class Checkpointer:
@@ -41,6 +64,57 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return out["state"], out["data"]
+
+    def restore_intact(self, abstract_state: Any, step: int = 0
+                       ) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, data position) of checkpoint `step`, or with `step=0` of the newest
+        checkpoint that restores (each one that does not is reported and skipped); None when
+        there is no checkpoint. Raises `CheckpointError` naming the directory and the steps
+        tried when none restores, or when `step` is not one of them. Newer checkpoints than the
+        one restored are moved to `checkpoints_set_aside/`."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if step and step not in steps:
+            raise CheckpointError(f"train.resume_step={step}: {self.directory} has no checkpoint "
+                                  f"at step {step} (it has steps {sorted(steps) or 'none'})")
+        if not steps:
+            return None
+        tried = []
+        for s in [step] if step else steps:
+            try:
+                state, data = self.restore(s, abstract_state)
+            except Exception as e:  # orbax / tensorstore raise plain Exceptions for bad bytes
+                tried.append(f"step {s} ({_reason(e)})")
+                log.warning("checkpoint at step %d in %s does not restore: %s", s, self.directory,
+                            _reason(e))
+                continue
+            if tried:
+                log.warning("resuming from step %d, the newest intact checkpoint in %s "
+                            "(skipped: %s)", s, self.directory, ", ".join(tried))
+            self._set_aside([t for t in steps if t > s])
+            return s, state, data
+        raise CheckpointError(f"no checkpoint in {self.directory} restores; tried "
+                              + "; ".join(tried))
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move the checkpoints of `steps` to `run_dir/checkpoints_set_aside/<step>`."""
+        if not steps:
+            return
+        from lepjax.parallel import allgather_json
+
+        aside = os.path.join(os.path.dirname(self.directory), SET_ASIDE)
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            for s in steps:
+                dst = os.path.join(aside, str(s))
+                n = 0
+                while os.path.exists(dst):
+                    n += 1
+                    dst = os.path.join(aside, f"{s}.{n}")
+                os.rename(os.path.join(self.directory, str(s)), dst)
+                log.warning("checkpoint at step %d moved to %s (this run saves that step again)",
+                            s, dst)
+        allgather_json(None)  # every process sees the moves before the manager rereads
+        self.manager.reload()
 
     def state_metadata(self, step: int) -> Any:
         """Shapes and dtypes of the saved train state at `step`."""

@@ -6,12 +6,24 @@ and `checkpoints/<step>/`. `load_run` merges the frozen and trained parameters o
 (LoRA adapters folded in, the multi-token-prediction head dropped) into a `Decoder`;
 `export_run` writes that model as a Hugging Face or lepjax model directory
 (`lepjax convert RUN_DIR DST`).
+
+`open_run` starts or resumes one. `run_settings.json`, written at the first launch and never
+changed, records the settings that define the run (`DEFINING`: the model, the data and the
+fingerprints of its datasets, what is trained, the global batch, the sequence length). A launch
+under other ones is refused, naming the keys; any other key may change (`train.steps`, the
+learning rate and schedule, logging and evaluation intervals, ...) and is logged with its old
+and new value against the previous launch's resolved config.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
+import logging
 import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -24,10 +36,20 @@ from lepjax import models, parallel
 from lepjax.train import lora as lora_lib
 from lepjax.train import params as P
 from lepjax.train.checkpoint import Checkpointer, restore_frozen
-from lepjax.train.state import MTP_HEAD, TrainSetup, abstract_model
+from lepjax.train.state import MTP_HEAD, TrainSetup, abstract_model, model_config
 
 RUN_META = "run_model.json"
+RUN_SETTINGS = "run_settings.json"
 FORMATS = ("hf", "lepjax")
+# The config keys that define a run (with `model.<field>` for each architecture field and
+# `data.fingerprints` for the datasets' content): a resume under other values is refused.
+DEFINING = ("model.path", "data.paths", "train.trainable", "train.lora", "train.mtp",
+            "data.batch_size", "data.seq_len")
+# What a run directory may hold (anything else: it is not one, and is not written into).
+_RUN_FILES = re.compile(r"resolved_config(\.\d+)?\.json|run_model\.json|run_settings\.json|"
+                        r"metrics\.jsonl|tensorboard|frozen|checkpoints|checkpoints_set_aside")
+
+log = logging.getLogger("lepjax.train")
 
 
 def is_run_dir(path: str) -> bool:
@@ -44,6 +66,105 @@ def write_meta(run_dir: str, setup: TrainSetup, lora: Any, model_path: str = "")
             if model_path else ""}
     with open(os.path.join(run_dir, RUN_META), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
+
+
+def dataset_fingerprint(metadata: dict[str, Any]) -> str:
+    """A dataset's content fingerprint: the hash of its metadata.json (tokenizer, sources and
+    their sizes, shard counts, settings)."""
+    blob = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_settings(cfg: ConfigDict, datasets: Sequence[Any]) -> dict[str, Any]:
+    """The settings that define the run of `cfg` (JSON types): the `DEFINING` keys, the model's
+    architecture as `model.<field>` (from its metadata: no weight is read) and the fingerprints
+    of `datasets` (the opened `data.paths`)."""
+    values = {"model.path": os.path.abspath(cfg.model.path) if cfg.model.get("path") else "",
+              "data.paths": [os.path.abspath(p) for p in cfg.data.paths],
+              "data.fingerprints": [dataset_fingerprint(ds.metadata) for ds in datasets],
+              "train.trainable": cfg.train.trainable,
+              "train.lora": config_lib.to_dict(cfg.train.lora), "train.mtp": cfg.train.mtp,
+              "data.batch_size": cfg.data.batch_size, "data.seq_len": cfg.data.seq_len}
+    values.update({f"model.{k}": v for k, v in model_config(cfg.model).to_dict().items()})
+    return json.loads(json.dumps(values))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _previous_config(run_dir: str) -> dict[str, Any] | None:
+    """The resolved config of the run's latest launch (the highest `resolved_config.<n>.json`)."""
+    def n(path: str) -> int:
+        m = re.search(r"resolved_config\.(\d+)\.json$", path)
+        return int(m.group(1)) if m else 0
+
+    paths = sorted(glob.glob(os.path.join(run_dir, config_lib.RESOLVED_CONFIG.replace(
+        ".json", "*.json"))), key=n)
+    if not paths:
+        return None
+    with open(paths[-1], encoding="utf-8") as f:
+        data = json.load(f)
+    data.pop("command", None)
+    return data
+
+
+def check_resume(run_dir: str, settings: dict[str, Any], cfg: ConfigDict) -> bool:
+    """Whether `run_dir` is a run to resume (False: a new one). Raises `ValueError` naming every
+    defining key whose value differs from the one the run was started with, or when `run_dir`
+    holds files that are not a run's; logs the other keys that changed since the last launch."""
+    if not os.path.isdir(run_dir):
+        if os.path.exists(run_dir):
+            raise NotADirectoryError(f"train.run_dir {run_dir} exists and is not a directory")
+        return False
+    names = os.listdir(run_dir)
+    foreign = sorted(n for n in names if not _RUN_FILES.fullmatch(n))
+    if foreign:
+        raise FileExistsError(f"train.run_dir {run_dir} holds files that are not part of a run "
+                              f"({', '.join(foreign[:3])}); choose another train.run_dir")
+    path = os.path.join(run_dir, RUN_SETTINGS)
+    if not os.path.isfile(path):
+        if names:
+            raise FileExistsError(f"train.run_dir {run_dir} has no {RUN_SETTINGS} (the record "
+                                  "of what defines the run) but holds files; choose another "
+                                  "train.run_dir")
+        return False
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if changed:
+        raise ValueError(
+            f"train.run_dir {run_dir} was started with other settings: "
+            + "; ".join(f"{k} ({old.get(k)!r} -> {settings.get(k)!r})" for k in changed)
+            + ". A run resumes only under the settings that define it: choose another "
+            "train.run_dir (to start from this run's weights, export them with `lepjax convert "
+            f"{run_dir} DST` and set model.path=DST)")
+    previous = _previous_config(run_dir)
+    if previous is not None:
+        before, now = _flat(previous), _flat(config_lib.to_dict(cfg))
+        moves = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                 if before.get(k) != now.get(k)]
+        if moves:
+            log.info("resuming %s with changed settings: %s", run_dir, ", ".join(moves))
+    return True
+
+
+def open_run(run_dir: str, cfg: ConfigDict, setup: TrainSetup, settings: dict[str, Any],
+             resumed: bool) -> None:
+    """Create or update the run directory once `check_resume` passed: its `settings` (first
+    launch only), this launch's resolved config and `run_model.json`."""
+    os.makedirs(run_dir, exist_ok=True)
+    if not resumed and jax.process_index() == 0:
+        with open(os.path.join(run_dir, RUN_SETTINGS), "w", encoding="utf-8") as f:
+            json.dump(settings, f, indent=2, sort_keys=True)
+    config_lib.write_resolved(cfg, run_dir)
+    write_meta(run_dir, setup, cfg.train.lora, cfg.model.path)
 
 
 def read_meta(run_dir: str) -> dict[str, Any]:
