@@ -48,8 +48,8 @@ from lepjax.train.optim import optim_section
 log = logging.getLogger("lepjax.train")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient became NaN/inf."""
+class NonFiniteLossError(ValueError):
+    """The loss or gradient became NaN/inf (a user error: e.g. the learning rate or the data)."""
 
 
 def train_section() -> ConfigDict:
@@ -68,6 +68,8 @@ def train_section() -> ConfigDict:
       loss_chunk: positions per chunk of the LM head + loss (bounds float32 logits memory).
       z_loss: weight of the z-loss (logsumexp²) term; 0 = off.
       log_every, save_every, eval_every: intervals in steps (0 = never; a final save always).
+      resume_step: resume from the checkpoint of this step (0 = the newest one that restores);
+        newer checkpoints are moved to run_dir/checkpoints_set_aside/.
       eval_batches: batches per evaluation (0 = the whole of data.eval_paths).
       keep_checkpoints: checkpoints kept.
       async_checkpointing: save in the background.
@@ -80,8 +82,8 @@ def train_section() -> ConfigDict:
     return ConfigDict(dict(
         run_dir="", steps=1000, stop_at_step=0, trainable="all", frozen_dtype="", mtp=False, micro_batches=1,
         loss_chunk=1024, z_loss=0.0, log_every=10, save_every=500, eval_every=0, eval_batches=10,
-        keep_checkpoints=3, async_checkpointing=True, skip_nonfinite=False, peak_tflops=0.0,
-        progress=True, lora=lora_lib.lora_section()))
+        resume_step=0, keep_checkpoints=3, async_checkpointing=True, skip_nonfinite=False,
+        peak_tflops=0.0, progress=True, lora=lora_lib.lora_section()))
 
 
 def default_config() -> ConfigDict:
@@ -132,13 +134,14 @@ def _model_tokenizer_fingerprint(path: str) -> str | None:
         return None
 
 
-def _resume(ckpt: Checkpointer, run_dir: str, setup: state_lib.TrainSetup, loader: Loader
-            ) -> int:
-    """Restore the latest checkpoint into `setup` and `loader`; the step to continue from."""
-    start = ckpt.latest_step()
-    if start is None:
+def _resume(ckpt: Checkpointer, run_dir: str, setup: state_lib.TrainSetup, loader: Loader,
+            resume_step: int = 0) -> int:
+    """Restore the newest intact checkpoint (or `resume_step`'s) into `setup` and `loader`; the
+    step to continue from."""
+    restored = ckpt.restore_intact(abstract_of(setup.state), resume_step)
+    if restored is None:
         return 0
-    setup.state, data_state = ckpt.restore(start, abstract_of(setup.state))
+    start, setup.state, data_state = restored
     loader.set_state(data_state)
     restored = restore_frozen(run_dir, abstract_of(setup.frozen))
     if restored is not None:
@@ -153,15 +156,15 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     tc = cfg.train
     run_dir = os.path.abspath(tc.run_dir)
     mesh, rules = parallel.mesh_from_config(cfg.mesh)
-    setup = state_lib.build(cfg, mesh=mesh, rules=rules)
-    os.makedirs(run_dir, exist_ok=True)
-    config_lib.write_resolved(cfg, run_dir)
-    run_lib.write_meta(run_dir, setup, tc.lora, cfg.model.path)
-    loader = Loader.from_config(cfg.data, vocab_size=setup.model.config.vocab_size,
+    loader = Loader.from_config(cfg.data, vocab_size=state_lib.model_config(cfg.model).vocab_size,
                                 fingerprint=_model_tokenizer_fingerprint(cfg.model.path))
+    settings = run_lib.run_settings(cfg, loader.datasets)
+    resumed = run_lib.check_resume(run_dir, settings, cfg)  # before any weight is read
+    setup = state_lib.build(cfg, mesh=mesh, rules=rules)
+    run_lib.open_run(run_dir, cfg, setup, settings, resumed)
     ckpt = Checkpointer(run_dir, keep=tc.keep_checkpoints, async_save=tc.async_checkpointing)
     save_frozen(run_dir, setup.frozen)
-    step = _resume(ckpt, run_dir, setup, loader)
+    step = _resume(ckpt, run_dir, setup, loader, tc.resume_step)
     step_fn = setup.train_step()
     eval_fn = setup.eval_step() if tc.eval_every and cfg.data.eval_paths else None
     meter = Throughput(
@@ -217,11 +220,13 @@ def _non_finite(tc: Any, ckpt: Checkpointer, step: int, metrics: dict[str, float
     """Stop with an error on a non-finite step (the state was not updated), or warn and skip."""
     if not tc.skip_nonfinite:
         ckpt.wait()
+        last = ckpt.latest_step()
+        kept = (f"the last good checkpoint (step {last}) in {ckpt.directory} is intact" if last
+                is not None else f"there is no checkpoint yet in {ckpt.directory}")
         raise NonFiniteLossError(
             f"non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) at "
-            f"step {step + 1}; the state was not updated and the last good checkpoint (step "
-            f"{ckpt.latest_step()}) in {ckpt.directory} is intact. Set train.skip_nonfinite=true "
-            "to skip such steps.")
+            f"step {step + 1}; the state was not updated and {kept}. Set "
+            "train.skip_nonfinite=true to skip such steps.")
     log.warning("skipping step %d: non-finite loss", step + 1)
 
 
