@@ -14,11 +14,12 @@
 # A `lepjax VERB` command is first validated once here with `--dry_run` (a wrong key fails before
 # any process starts).
 #
-# SIGTERM / Ctrl-C are forwarded to every process (lepjax train then saves and stops); the exit
-# status is the first non-zero one among the processes.
+# SIGTERM / Ctrl-C are forwarded to every process (lepjax train then saves and stops). When one
+# process fails or dies, the others are stopped (SIGTERM, then SIGKILL after LEPJAX_STOP_GRACE
+# seconds, default 10); the exit status is the first non-zero one among the processes.
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 [ $# -ge 1 ] || { usage; exit 2; }
 case "$1" in -h|--help) usage; exit 0 ;; esac
 N=$1; shift
@@ -59,18 +60,28 @@ done
 
 forward() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
 trap forward TERM INT
-status=0
-for pid in "${pids[@]}"; do
-  rc=0
-  # `wait` returns early (>128) when a trapped signal arrives; keep waiting while the child runs,
-  # then wait once more for its real exit status (127: it was already reaped above).
-  while kill -0 "$pid" 2>/dev/null; do set +e; wait "$pid"; rc=$?; set -e; done
-  set +e; wait "$pid"; last=$?; set -e
-  [ "$last" != 127 ] && rc=$last
+# Wait for the processes in the order they end. The first one that fails (a Python error, a
+# crash, SIGKILL) stops the others: SIGTERM, then SIGKILL after LEPJAX_STOP_GRACE seconds, since
+# the survivors' collectives cannot complete without it.
+declare -A running
+for pid in "${pids[@]}"; do running[$pid]=1; done
+status=0 killer=""
+while [ ${#running[@]} -gt 0 ]; do
+  done_pid=""
+  set +e; wait -n -p done_pid "${!running[@]}"; rc=$?; set -e
+  [ -n "$done_pid" ] || continue  # a trapped signal interrupted `wait`
+  unset "running[$done_pid]"
   if [ "$rc" != 0 ] && [ "$status" = 0 ]; then
     status=$rc
     echo "local.sh: a process exited with status $rc; stopping the others (logs: $LOG_DIR)" >&2
-    forward
+    if [ ${#running[@]} -gt 0 ]; then
+      others=("${!running[@]}")
+      kill -TERM "${others[@]}" 2>/dev/null || true
+      (sleep "${LEPJAX_STOP_GRACE:-10}"; kill -KILL "${others[@]}" 2>/dev/null || true) \
+        > /dev/null 2>&1 &
+      killer=$!
+    fi
   fi
 done
+[ -n "$killer" ] && { kill "$killer" 2>/dev/null || true; }
 exit $status

@@ -316,3 +316,131 @@ def allgather_json(obj: Any) -> list[Any]:
     padded[: blob.size] = blob
     blobs = multihost_utils.process_allgather(padded)
     return [json.loads(bytes(b[: int(n)]).decode()) for b, n in zip(blobs, np.ravel(sizes))]
+
+
+class ProcessGroup:
+    """The processes of one multi-process JAX job, coordinated through jax.distributed's
+    key-value store (a no-op group of one without it).
+
+    Every process makes the same calls in the same order. `on_leader(what, fn)` runs `fn` on
+    process 0 only and hands its JSON-serialisable result to every process (the others wait up
+    to `timeout_s`); a call is also a barrier. Inside `failing_together()`, an exception on any
+    process stops every process: the failing one publishes its error under
+    `lepjax/abort/<index>`, a watcher thread on each other process logs that error and exits
+    with status 1, and the failing process exits once they have seen it (within
+    `ABORT_GRACE_S`), without waiting at jax.distributed's shutdown barrier.
+    """
+
+    ABORT = "lepjax/abort/"
+    POLL_S = 0.5
+    ABORT_GRACE_S = 15.0
+
+    def __init__(self, name: str, timeout_s: float):
+        from jax._src import distributed
+
+        self.index, self.count = jax.process_index(), jax.process_count()
+        self.client = distributed.global_state.client if self.count > 1 else None
+        self.name, self.timeout_s = name, timeout_s
+        self._calls = 0
+        self._failed = False
+
+    @property
+    def leader(self) -> bool:
+        """True on process 0."""
+        return self.index == 0
+
+    def on_leader(self, what: str, fn: Any) -> Any:
+        """`fn()` on process 0; its JSON result on every process once process 0 has it."""
+        import json
+
+        if self.client is None:
+            return fn()
+        self._calls += 1
+        key = f"lepjax/{self.name}/{self._calls}/{what}"
+        if self.leader:
+            value = fn()
+            self.client.key_value_set(key, json.dumps(value))
+            return value
+        try:
+            return json.loads(self.client.blocking_key_value_get(
+                key, int(self.timeout_s * 1000)))
+        except jax.errors.JaxRuntimeError as e:
+            if "DEADLINE_EXCEEDED" not in str(e):
+                raise
+            raise TimeoutError(f"process {self.index}: waited {self.timeout_s:g} s for process 0 "
+                               f"to finish {what!r}") from None
+
+    @contextlib.contextmanager
+    def failing_together(self) -> Iterator[None]:
+        """Within: a failure on any process stops every process, with the failing one's error
+        in every process's log."""
+        if self.client is None:
+            yield
+            return
+        import threading
+
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(stop,), daemon=True,
+                                   name="lepjax-abort-watcher")
+        watcher.start()
+        try:
+            yield
+        except BaseException as e:
+            self._failed = True
+            self.client.key_value_set(f"{self.ABORT}{self.index}",
+                                      f"{type(e).__name__}: {e}", allow_overwrite=True)
+            import atexit
+
+            atexit.register(self._exit_after_abort)  # runs before jax.distributed's shutdown
+            raise
+        finally:
+            stop.set()
+            watcher.join()
+
+    def _watch(self, stop: Any) -> None:
+        while not stop.wait(self.POLL_S):
+            try:
+                entries = self.client.key_value_dir_get(self.ABORT)
+            except jax.errors.JaxRuntimeError as e:
+                self._stop(f"the coordination service is unreachable ({e})")
+                return
+            others = [(k, v) for k, v in entries if k != f"{self.ABORT}{self.index}"]
+            if others and not self._failed:
+                who, error = others[0]
+                self.client.key_value_set(f"lepjax/abort_seen/{self.index}", "1",
+                                          allow_overwrite=True)
+                self._stop(f"process {who.rsplit('/', 1)[-1]} failed: {error}")
+                return
+
+    def _stop(self, why: str) -> None:
+        import sys
+
+        log.error("process %d of %d stops: %s", self.index, self.count, why)
+        print(f"lepjax {self.name}: error: {why}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    def _published(self, i: int) -> bool:
+        try:
+            self.client.key_value_try_get(f"{self.ABORT}{i}")
+            return True
+        except jax.errors.JaxRuntimeError:
+            return False
+
+    def _exit_after_abort(self) -> None:
+        import sys
+        import time
+
+        deadline = time.monotonic() + self.ABORT_GRACE_S
+        for i in range(self.count):
+            if i == self.index or self._published(i):
+                continue  # a process that failed itself does not wait for the others
+            left = int(max(deadline - time.monotonic(), 0.001) * 1000)
+            try:
+                self.client.blocking_key_value_get(f"lepjax/abort_seen/{i}", left)
+            except jax.errors.JaxRuntimeError:
+                pass  # gone already, or failed itself
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

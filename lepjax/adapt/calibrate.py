@@ -14,6 +14,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from lepjax.adapt.runs import prepare_data, read_lines, run_training, train_config
+from lepjax.parallel import ProcessGroup
 from lepjax.train.run import export_run
 
 
@@ -55,37 +56,47 @@ def _chat_prompt(tok: Any, text: str) -> str:
     return p[len(tok.bos):] if tok.bos and p.startswith(tok.bos) else p
 
 
-def calibrate(cfg: ConfigDict, instruct: str, adapted: str, root: str) -> dict[str, Any]:
+def calibrate(cfg: ConfigDict, instruct: str, adapted: str, root: str,
+              group: ProcessGroup) -> dict[str, Any]:
     """Tune the adapted instruct model to give the original instruct model's answers, plus copy
-    tasks; returns the stage record (output `calibrated`, under `root`)."""
+    tasks; returns the stage record (output `calibrated`, under `root`).
+
+    The answers are generated and the tuning runs on every process (global mesh); process 0
+    writes the pairs and prepares them."""
     from lepjax import models
     from lepjax.generate import Generator, SamplingParams
+    from lepjax.parallel import mesh_from_config
     from lepjax.tokenizer import load_tokenizer
 
     c = cfg.calibrate
     texts = read_lines(cfg.target_text, c.prompts)
-    model, _ = models.load(instruct, dtype=cfg.model.dtype)
+    mesh, rules = mesh_from_config(cfg.mesh)
+    model, _ = models.load(instruct, mesh=mesh, rules=rules, dtype=cfg.model.dtype)
     tok = load_tokenizer(instruct)
     prompts = [_chat_prompt(tok, t) for t in texts]
-    answers = Generator(model, batch_size=8, length_bucket=64,
+    answers = Generator(model, mesh=mesh, rules=rules, batch_size=8, length_bucket=64,
                         vocab_limit=tok.vocab_size).generate(
         tok.encode(prompts, add_bos=True),
         SamplingParams(max_new_tokens=c.max_new_tokens, eos_ids=tok.stop_ids), tokenizer=tok)
     del model
     pairs = os.path.join(root, "calibrate", "pairs.jsonl")
-    os.makedirs(os.path.dirname(pairs), exist_ok=True)
-    with open(pairs, "w", encoding="utf-8") as f:
-        for text, prompt, answer in zip(texts, prompts, answers):
-            if answer.text and answer.text.strip():
-                f.write(json.dumps({"prompt": prompt, "target": answer.text},
-                                   ensure_ascii=False) + "\n")
-            copy = _chat_prompt(tok, "Repeat exactly: " + text)
-            f.write(json.dumps({"prompt": copy, "target": text}, ensure_ascii=False) + "\n")
-    data = prepare_data(cfg, adapted, [pairs], os.path.join(root, "calibrate", "data"),
-                        prompt_field="prompt", target_field="target")
+
+    def write_pairs():
+        os.makedirs(os.path.dirname(pairs), exist_ok=True)
+        with open(pairs, "w", encoding="utf-8") as f:
+            for text, prompt, answer in zip(texts, prompts, answers):
+                if answer.text and answer.text.strip():
+                    f.write(json.dumps({"prompt": prompt, "target": answer.text},
+                                       ensure_ascii=False) + "\n")
+                copy = _chat_prompt(tok, "Repeat exactly: " + text)
+                f.write(json.dumps({"prompt": copy, "target": text}, ensure_ascii=False) + "\n")
+        return prepare_data(cfg, adapted, [pairs], os.path.join(root, "calibrate", "data"),
+                            prompt_field="prompt", target_field="target")
+
+    data = group.on_leader("calibrate/pairs", write_pairs)
     run_dir = os.path.join(root, "calibrate", "run")
     result = run_training(train_config(cfg, path=adapted, data=data, run_dir=run_dir,
                                        changes=calibrate_changes(cfg)))
     out = export_run(run_dir, os.path.join(root, "calibrated"), "lepjax", tokenizer_from=adapted,
-                     overwrite=True)
+                     overwrite=True, mesh=mesh, rules=rules)
     return {"outputs": {"calibrated": out}, "pairs": len(texts), "final_loss": result.get("loss")}

@@ -16,6 +16,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from lepjax.adapt.runs import prepare_data, read_lines, run_training, train_config
+from lepjax.parallel import ProcessGroup
 from lepjax.train.run import export_run
 
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
@@ -50,28 +51,52 @@ def _training(cfg: ConfigDict, steps: int, lr: float) -> dict[str, Any]:
             "train.stop_at_step": 0, "data.seq_len": d.seq_len, "data.batch_size": d.batch_size}
 
 
-def build_demo_family(cfg: ConfigDict, root: str) -> dict[str, Any]:
-    """Build the family under `root`; returns the stage record (outputs base, instruct)."""
-    import sentencepiece as spm
+def build_demo_family(cfg: ConfigDict, root: str, group: ProcessGroup) -> dict[str, Any]:
+    """Build the family under `root`; returns the stage record (outputs base, instruct).
 
-    from lepjax.vocab import load_vocab
-    from lepjax.vocab.writer import write_tokenizer_files
-
+    The tokenizers and datasets are made on process 0 (`group.on_leader`); the two trainings
+    and their exports run on every process."""
     d = cfg.demo
     tok_dir = os.path.join(root, "tokenizer")
-    os.makedirs(tok_dir, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        input=",".join(d.english_text), model_prefix=os.path.join(tok_dir, "tokenizer"),
-        vocab_size=d.vocab_size, model_type="bpe", byte_fallback=True, character_coverage=1.0,
-        bos_id=1, eos_id=2, unk_id=0, pad_id=-1, num_threads=2, minloglevel=2)
-    english = prepare_data(cfg, tok_dir, d.english_text, os.path.join(root, "data_en"))
+    english = group.on_leader("demo/english", lambda: _english_data(cfg, tok_dir, root))
     vocab = -(-d.vocab_size // 128) * 128
     run_training(train_config(cfg, path="", data=english, run_dir=os.path.join(root, "base_run"),
                               changes={**_training(cfg, d.base_steps, d.base_lr),
                                        "model.preset": d.preset, "model.vocab_size": vocab}))
     base = export_run(os.path.join(root, "base_run"), os.path.join(root, "base"), "hf",
                       tokenizer_from=tok_dir, overwrite=True)
-    # The instruct sibling: chat tokens + template, tuned on English prompt/response pairs.
+    start, chat_data = group.on_leader("demo/chat", lambda: _chat_data(cfg, tok_dir, base, root))
+    run_training(train_config(cfg, path=start, data=chat_data,
+                              run_dir=os.path.join(root, "instruct_run"),
+                              changes=_training(cfg, d.instruct_steps, d.instruct_lr)))
+    instruct = export_run(os.path.join(root, "instruct_run"), os.path.join(root, "instruct"),
+                          "hf", tokenizer_from=os.path.join(root, "instruct_tokenizer"),
+                          overwrite=True)
+    group.on_leader("demo/exported", lambda: None)  # process 0 has written `instruct`
+    return {"outputs": {"base": base, "instruct": instruct}}
+
+
+def _english_data(cfg: ConfigDict, tok_dir: str, root: str) -> str:
+    """The SentencePiece tokenizer trained on the English text, and that text prepared."""
+    import sentencepiece as spm
+
+    d = cfg.demo
+    os.makedirs(tok_dir, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=",".join(d.english_text), model_prefix=os.path.join(tok_dir, "tokenizer"),
+        vocab_size=d.vocab_size, model_type="bpe", byte_fallback=True, character_coverage=1.0,
+        bos_id=1, eos_id=2, unk_id=0, pad_id=-1, num_threads=2, minloglevel=2)
+    return prepare_data(cfg, tok_dir, d.english_text, os.path.join(root, "data_en"))
+
+
+def _chat_data(cfg: ConfigDict, tok_dir: str, base: str, root: str) -> tuple[str, str]:
+    """The instruct tokenizer (chat tokens + template), English prompt/response pairs prepared
+    with it, and the tuning's starting model (the base weights with the instruct tokenizer: 2
+    more tokens, which the padded embedding rows already hold)."""
+    from lepjax.models.io import TOKENIZER_FILES, copy_tokenizer_files
+    from lepjax.vocab import load_vocab
+    from lepjax.vocab.writer import write_tokenizer_files
+
     tok = load_vocab(tok_dir)
     v = tok.vocab_size
     itok = dataclasses.replace(tok, pieces=tok.pieces + list(CHAT_TOKENS), sp_proto=None,
@@ -81,7 +106,7 @@ def build_demo_family(cfg: ConfigDict, root: str) -> dict[str, Any]:
     write_tokenizer_files(itok, itok_dir)
     pairs = os.path.join(root, "chat.jsonl")
     with open(pairs, "w", encoding="utf-8") as f:
-        for line in read_lines(d.english_text, 3000):
+        for line in read_lines(cfg.demo.english_text, 3000):
             words = line.split()
             if len(words) < 4:
                 continue
@@ -92,19 +117,10 @@ def build_demo_family(cfg: ConfigDict, root: str) -> dict[str, Any]:
                 "target": " ".join(words[half:]) + "<|im_end|>"}) + "\n")
     chat_data = prepare_data(cfg, itok_dir, [pairs], os.path.join(root, "data_chat"),
                              prompt_field="prompt", target_field="target")
-    # The tuning starts from the base weights with the instruct tokenizer (2 more tokens; the
-    # padded embedding rows already hold them).
-    from lepjax.models.io import TOKENIZER_FILES, copy_tokenizer_files
-
     start = os.path.join(root, "base_chat")
     shutil.copytree(base, start, dirs_exist_ok=True)
     for name in TOKENIZER_FILES:
         if os.path.exists(os.path.join(start, name)):
             os.remove(os.path.join(start, name))
     copy_tokenizer_files(itok_dir, start)
-    run_training(train_config(cfg, path=start, data=chat_data,
-                              run_dir=os.path.join(root, "instruct_run"),
-                              changes=_training(cfg, d.instruct_steps, d.instruct_lr)))
-    instruct = export_run(os.path.join(root, "instruct_run"), os.path.join(root, "instruct"),
-                          "hf", tokenizer_from=itok_dir, overwrite=True)
-    return {"outputs": {"base": base, "instruct": instruct}}
+    return start, chat_data

@@ -14,6 +14,16 @@ Stages, in order (see `lepjax.adapt.stages` for how a rerun skips completed ones
   evaluate   `lepjax eval` of the base and the trained base on the held-out text: characters
              per token before/after, bits per byte (run_dir/evaluation/results.json)
 
+Several processes (a TPU pod's hosts, SLURM tasks, `launch/local.sh N`) run the same command on
+a shared filesystem. Host-side work runs on process 0 while the others wait for it (up to
+`sync_timeout_s`) and then read its results: the demo's tokenizer and data, the tokenizer
+extension, `prepare` (on process 0, spread over the `prepare.engine` workers), the stage records
+and the summary. Trainings (the demo's, train, calibrate) and evaluation run on every process
+on the global mesh of the `mesh` section; the stages that read and write whole models (the
+embedding initialisation, propagate, export) run on every process too, each holding its shards,
+with process 0 writing the files. A failure on any process stops every process with its error
+(`lepjax.parallel.ProcessGroup`); a rerun resumes as on one process.
+
 The summary (`run_dir/summary.json`, also returned) has the efficiency gain and the bits per
 byte on the first held-out file, the LEP fit residuals and where the exported models are.
 """
@@ -21,6 +31,7 @@ byte on the first held-out file, the LEP fit residuals and where the exported mo
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -29,8 +40,11 @@ from ml_collections import ConfigDict
 from lepjax import config as config_lib
 from lepjax.adapt.calibrate import calibrate, calibrate_changes, calibrate_section
 from lepjax.adapt.demo import build_demo_family, demo_section
-from lepjax.adapt.runs import TRAIN_SECTIONS, prepare_data, run_training, train_config
+from lepjax.adapt.runs import (TRAIN_SECTIONS, Preempted, prepare_data, run_training,
+                               train_config)
 from lepjax.adapt.stages import Stages
+
+log = logging.getLogger("lepjax.adapt")
 
 STAGES = ("demo", "vocab", "prepare", "train", "propagate", "calibrate", "export", "evaluate")
 
@@ -60,6 +74,8 @@ def default_config() -> ConfigDict:
       target_text: target-language text files (vocabulary and embedding training).
       heldout_text: held-out target-language files (efficiency and bits per byte).
       export.format: hf | lepjax.
+      sync_timeout_s: with several processes, how long the others wait for process 0's
+        host-side work (tokenizer extension, prepare, ...) before failing with a timeout.
       demo.*: the on-the-spot tiny model family (`lepjax.adapt.demo.demo_section`).
       calibrate.*: self-calibration (`lepjax.adapt.calibrate.calibrate_section`).
 
@@ -86,6 +102,7 @@ def default_config() -> ConfigDict:
     t, v = train_config_(), vocab_config()
     cfg = ConfigDict(dict(
         run_dir="", base="", instruct="", target_text=(), heldout_text=(),
+        sync_timeout_s=6 * 3600.0,
         **{name: t[name] for name in TRAIN_SECTIONS},
         extend=v.extend, init=v.init, prepare=prepare_config(), propagate=propagate_config(),
         eval=eval_config(), calibrate=calibrate_section(), export=dict(format="hf"),
@@ -205,38 +222,58 @@ def _sections(cfg: ConfigDict, *names: str) -> dict[str, Any]:
 
 
 def adapt(cfg: ConfigDict) -> dict[str, Any]:
-    """Run every stage of `cfg` (skipping completed ones); returns the summary."""
+    """Run every stage of `cfg` (skipping completed ones); returns the summary.
+
+    Every process of a multi-process job runs this with the same config; see the module
+    docstring for which stage runs where. A failure on any process stops them all.
+    """
+    from lepjax.parallel import ProcessGroup
+
+    validate_config(cfg)
+    group = ProcessGroup("adapt", cfg.sync_timeout_s)
+    with group.failing_together():
+        check_inputs(cfg)
+        try:
+            return _run_stages(cfg, group)
+        except Preempted as e:
+            log.warning("%s; rerun the same command to resume", e)
+            return {"run_dir": os.path.abspath(cfg.run_dir), "preempted": str(e)}
+
+
+def _run_stages(cfg: ConfigDict, group: Any) -> dict[str, Any]:
     from lepjax.lep.propagate import propagate
+    from lepjax.parallel import mesh_from_config
     from lepjax.train.run import export_run
     from lepjax.vocab import extend, init_embeddings, load_vocab, save_tokenizer
 
-    validate_config(cfg)
-    check_inputs(cfg)
     root = os.path.abspath(cfg.run_dir)
-    st = Stages(root)
+    st = Stages(root, group)
     out = lambda *p: os.path.join(root, *p)  # noqa: E731
     base, instruct = cfg.base, cfg.instruct
     train_settings = _sections(cfg, "model", "data", "optim", "train")  # mesh: a run option
     if cfg.demo.enabled:
-        fam = st.run("demo", lambda: build_demo_family(cfg, out("demo")),
+        fam = st.run("demo", lambda: build_demo_family(cfg, out("demo"), group),
                      settings=(_sections(cfg, "demo", "prepare"), train_settings),
                      reset=(out("demo"),))["outputs"]
         base, instruct = fam["base"], fam["instruct"]
 
-    def vocab_stage():
-        e, i = cfg.extend, cfg.init
-        source = load_vocab(base)
-        new, summary = extend(source, list(cfg.target_text), e.k, priority=e.priority,
+    def extend_tokenizer():
+        e = cfg.extend
+        new, summary = extend(load_vocab(base), list(cfg.target_text), e.k, priority=e.priority,
                               aux_vocab_size=e.aux_vocab_size, token_filter=e.token_filter,
                               min_frequency=e.min_frequency, progress=False)
-        tok_dir = save_tokenizer(new, out("tokenizer"), {"extend": summary}, overwrite=True)
-        init = init_embeddings(base, source, new, tok_dir, out("base_resized"),
-                               method=i.method, corpus=list(cfg.target_text),
+        return save_tokenizer(new, out("tokenizer"), {"extend": summary}, overwrite=True)
+
+    def vocab_stage():
+        i = cfg.init
+        tok_dir = group.on_leader("vocab/extend", extend_tokenizer)
+        init = init_embeddings(base, load_vocab(base), load_vocab(tok_dir), tok_dir,
+                               out("base_resized"), method=i.method, corpus=list(cfg.target_text),
                                pad_multiple=i.pad_multiple, seed=i.seed,
                                output_format=i.output_format, batch_size=i.batch_size,
                                overwrite=True, progress=False)
         return {"outputs": {"tokenizer": tok_dir, "base_resized": init["output"]},
-                "new_tokens": e.k, "rows_by_origin": init["rows_by_origin"]}
+                "new_tokens": cfg.extend.k, "rows_by_origin": init["rows_by_origin"]}
 
     voc = st.run("vocab", vocab_stage,
                  settings=(base, cfg.target_text, _sections(cfg, "extend", "init")))["outputs"]
@@ -244,13 +281,14 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
         "train": prepare_data(cfg, voc["tokenizer"], cfg.target_text, out("data", "train")),
         "heldout": prepare_data(cfg, voc["tokenizer"], cfg.heldout_text, out("data", "heldout"))}},
         settings=(cfg.target_text, cfg.heldout_text, _sections(cfg, "prepare")),
-        reset=(out("data"),))["outputs"]
+        reset=(out("data"),), on="leader")["outputs"]
+    mesh, rules = mesh_from_config(cfg.mesh)
 
     def train_stage():
         result = run_training(train_config(cfg, path=voc["base_resized"], data=data["train"],
                                            run_dir=out("train")))
         donor = export_run(out("train"), out("donor"), "lepjax", tokenizer_from=voc["tokenizer"],
-                           overwrite=True)
+                           overwrite=True, mesh=mesh, rules=rules)
         return {"outputs": {"donor": donor}, "final_loss": result.get("loss")}
 
     donor = st.run("train", train_stage, settings=train_settings,
@@ -267,7 +305,7 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
     prop = st.run("propagate", propagate_stage, settings=(instruct, _sections(cfg, "propagate")))
     adapted = prop["outputs"]["adapted"]
     if cfg.calibrate.enabled:
-        adapted = st.run("calibrate", lambda: calibrate(cfg, instruct, adapted, root),
+        adapted = st.run("calibrate", lambda: calibrate(cfg, instruct, adapted, root, group),
                          settings=(_sections(cfg, "calibrate"), train_settings),
                          reset=(out("calibrate"),))["outputs"]["calibrated"]
 
@@ -276,7 +314,7 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
 
         paths = {}
         for name, src in (("donor", donor), ("adapted_instruct", adapted)):
-            model, _ = models.load(src, param_dtype="float32")
+            model, _ = models.load(src, mesh=mesh, rules=rules, param_dtype="float32")
             save = models.save_hf if cfg.export.format == "hf" else models.save
             paths[name] = save(model, out("export", name), tokenizer_from=src, overwrite=True)
         return {"outputs": paths}
@@ -291,7 +329,9 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
         e.update(dict(checkpoints=(f"base={base}", f"adapted_base={donor}"),
                       heldout=tuple(cfg.heldout_text), output_dir=out("evaluation"),
                       overwrite=True, mesh=cfg.mesh.to_dict()))
-        with open(evaluate(e)["results"], encoding="utf-8") as f:
+        results_path = evaluate(e)["results"]
+        with open(group.on_leader("evaluate/results", lambda: results_path),
+                  encoding="utf-8") as f:
             results = json.load(f)
         first = os.path.basename(os.path.normpath(cfg.heldout_text[0]))
         lm, eff = results["language_modelling"][first], results["efficiency"][first]
@@ -305,6 +345,10 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
     summary = {"run_dir": root, "chars_per_token": ev["chars_per_token"],
                "bits_per_byte": ev["bits_per_byte"], "lep_residuals": prop["residuals"],
                "exported": exported, "base": base, "instruct": instruct}
-    with open(out("summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+
+    def write_summary():
+        with open(out("summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+
+    group.on_leader("summary", write_summary)
     return summary

@@ -34,16 +34,24 @@ def train_config(cfg: ConfigDict, *, path: str, data: str, run_dir: str,
     return t
 
 
+class Preempted(Exception):
+    """A training of the pipeline stopped early for preemption (SIGTERM); a rerun resumes it."""
+
+
 def run_training(tcfg: ConfigDict) -> dict[str, Any]:
     """Run (or resume) one training of the pipeline; returns its final metrics.
 
-    Its resolved `lepjax train` config is written into its run directory first, as `lepjax train`
-    would, so each run directory of the pipeline says how it was trained.
+    `train` writes its resolved `lepjax train` config into its run directory, so each run
+    directory of the pipeline says how it was trained. Raises `Preempted` when the training
+    saved and stopped on SIGTERM (every process stops at the same step).
     """
     from lepjax.train.loop import train
 
-    config_lib.write_resolved(tcfg, tcfg.train.run_dir)
-    return train(tcfg)
+    result = train(tcfg)
+    if result.get("preempted"):
+        raise Preempted(f"the training in {tcfg.train.run_dir} stopped at step {result['step']} "
+                        "for preemption")
+    return result
 
 
 def prepare_data(cfg: ConfigDict, tokenizer: str, inputs: Sequence[str], out: str,
