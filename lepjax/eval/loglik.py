@@ -48,7 +48,10 @@ class Scorer:
         self.batch_size, self.length_bucket, self.padding = batch_size, length_bucket, padding
         self.max_len = max_len or model.config.max_position_embeddings
         self.chunk, self.vocab_limit = chunk, vocab_limit
-        self._score = jax.jit(self._score_fn)
+        # Replicated results: every process of a multi-process job reads all of them.
+        replicated = None if mesh is None else jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec())
+        self._score = jax.jit(self._score_fn, out_shardings=replicated)
 
     def _score_fn(self, state, tokens, targets, mask, segment_ids, positions):
         with parallel.activation_sharding(self.mesh, self.rules):

@@ -3,7 +3,8 @@
 Every number of the results is also a row (section, group, metric, {checkpoint: value}); the
 Markdown file has one table per section with a column per checkpoint, and `charts/` holds one
 chart per (section, metric): a group of bars per dataset or task, one bar per checkpoint.
-Files are written aside and renamed, so a crash never leaves a half-written report.
+Files are written aside and renamed, so a crash never leaves a half-written report. In a
+multi-process evaluation every process computes the results and process 0 writes them.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def markdown(results: dict[str, Any]) -> str:
 def chart(section: str, metric: str, groups: dict[str, dict[str, float]], labels: list[str],
           path: str) -> str:
     """One grouped bar chart (a group per dataset/task, a bar per checkpoint) as a PNG."""
+    if not _writes():
+        return path
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,7 +114,16 @@ def chart(section: str, metric: str, groups: dict[str, dict[str, float]], labels
     return path
 
 
+def _writes() -> bool:
+    """True on the process that writes the report (process 0 of a multi-process job)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _atomic_text(path: str, text: str) -> str:
+    if not _writes():
+        return path
     with open(path + ".partial", "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(path + ".partial", path)
