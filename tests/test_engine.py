@@ -192,6 +192,37 @@ def test_dask_slurm_dry_run_prints_scheduler_workers_and_driver(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_vocab_statistics_on_every_engine_equal_the_in_process_ones(cluster, monkeypatch):
+    """align's co-occurrence counts and the efficiency report: one task per corpus chunk (many
+    small chunks here), reduced to exactly the in-process numbers, down to the order in which
+    each new piece's source tuples were first seen (which fixes its float weights)."""
+    from lepjax.tokenizer import load_tokenizer
+    from lepjax.vocab import corpus, extend, load_vocab
+    from lepjax.vocab.embedding_init import plan_rows
+    from lepjax.vocab.report import report
+
+    c, _ = cluster
+    src = load_vocab(MISTRAL_SP)
+    new, _ = extend(src, [RU], 200, aux_vocab_size=4000, progress=False)
+    tok = load_tokenizer(MISTRAL_SP)
+    heldout = {"ru": [RU], "both": [RU, EN]}
+    ref = plan_rows(src, new, "align", [RU, EN], progress=False)  # one chunk per file
+    ref_report = report({"t": tok}, heldout, max_lines=2000)
+    assert ref.counts["align"] > 150 and ref_report["results"]["both"]["t"]["sentences"] == 2000
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 20_000)
+    assert len(corpus.plan_chunks([RU, EN])) > 10
+    for kind in ("synchronous", "dask"):
+        section = engine_lib.engine_section()
+        section.update(dict(kind=kind, scheduler=c.scheduler_address if kind == "dask" else ""))
+        with engine_lib.open_engine(section) as engine:
+            plan = plan_rows(src, new, "align", [RU, EN], progress=False, engine=engine)
+            got_report = report({"t": tok}, heldout, max_lines=2000, engine=engine)
+        assert plan.counts == ref.counts and plan.fallback == ref.fallback, kind
+        assert {t: list(w.items()) for t, w in plan.weights.items()} == \
+            {t: list(w.items()) for t, w in ref.weights.items()}, kind
+        assert got_report == ref_report, kind
+
+
 def fails_once(marker):
     if not os.path.exists(marker):
         open(marker, "w").close()

@@ -10,9 +10,10 @@ The seam is small on purpose. `open_engine(section)` gives an `Engine` with two 
 
 Tasks are tuples of small, picklable arguments that *name* their inputs (a file and a byte range,
 a Parquet row group, a shard index); the function reads them itself, so no text travels from the
-driver to the workers. Determinism and resume come from the caller's plan (one output per task,
-written atomically), never from the engine: any engine and any number of workers gives the same
-outputs.
+driver to the workers; what every task needs (a tokenizer) goes to each worker once
+(`map(..., shared=(tok,))`). Determinism and resume come from the caller's plan (one output per
+task, written atomically), never from the engine: any engine and any number of workers gives the
+same outputs.
 
 The `engine` config section:
   kind: local (default: a LocalCluster of worker processes on this machine, loopback only)
@@ -95,18 +96,21 @@ class Engine:
         return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
 
     def map(self, fn: Callable[..., Any], tasks: Sequence[tuple], *,
-            retries: int | None = None) -> Iterator[tuple[int, Any]]:
-        """`fn(*task)` for every task; yields `(task index, result)` as tasks finish.
+            retries: int | None = None, shared: Sequence[Any] = ()
+            ) -> Iterator[tuple[int, Any]]:
+        """`fn(*shared, *task)` for every task; yields `(task index, result)` as tasks finish.
 
-        A task that raises (or whose worker dies) is retried `retries` times (default: the
-        engine's); then its error is raised here, and the tasks not yet started are cancelled.
+        `shared`: objects every task takes (a tokenizer, a mask), sent to each worker once
+        rather than with every task. A task that raises (or whose worker dies) is retried
+        `retries` times (default: the engine's); then its error is raised here, and the tasks not
+        yet started are cancelled.
         """
         retries = self.retries if retries is None else retries
         if self.client is None:
             for i, task in enumerate(tasks):
                 for attempt in range(retries + 1):
                     try:
-                        result = fn(*task)
+                        result = fn(*shared, *task)
                         break
                     except Exception as e:
                         if attempt == retries:
@@ -116,7 +120,8 @@ class Engine:
             return
         from distributed import as_completed
 
-        futures = [self.client.submit(fn, *task, retries=retries, pure=False,
+        held = self.client.scatter(list(shared), broadcast=True, hash=False) if shared else []
+        futures = [self.client.submit(fn, *held, *task, retries=retries, pure=False,
                                       key=f"{fn.__name__}-{i}-{os.urandom(4).hex()}")
                    for i, task in enumerate(tasks)]
         index = {f.key: i for i, f in enumerate(futures)}
@@ -124,7 +129,7 @@ class Engine:
             for future in as_completed(futures):
                 yield index[future.key], future.result()
         finally:
-            self.client.cancel(futures)
+            self.client.cancel(futures + held)
 
     def semaphore(self, name: str, max_leases: int):
         """A lease of the semaphore `name`: at most `max_leases` holders cluster-wide (`lease`)."""

@@ -66,7 +66,9 @@ def replace_from_config(cfg, progress: bool) -> dict:
 
 
 def init_from_config(cfg, progress: bool) -> dict:
-    """Resize a checkpoint's embeddings and LM head to the new tokenizer."""
+    """Resize a checkpoint's embeddings and LM head to the new tokenizer (align's corpus counts
+    on the `engine`)."""
+    from lepjax.data.engine import open_engine
     from lepjax.vocab.checkpoint import init_embeddings
     from lepjax.vocab.corpus import check_corpus
     from lepjax.vocab.tokenizer import load_vocab
@@ -77,15 +79,21 @@ def init_from_config(cfg, progress: bool) -> dict:
     new_path = _need(cfg, "init.tokenizer")
     new = load_vocab(new_path)
     files = check_corpus(cfg.corpus) if i.method == "align" else []
-    return init_embeddings(checkpoint, source, new, _tokenizer_dir(new_path),
-                           _need(cfg, "output_dir"), method=i.method, corpus=files,
-                           max_lines=cfg.max_lines, pad_multiple=i.pad_multiple, seed=i.seed,
-                           output_format=i.output_format, batch_size=i.batch_size,
-                           overwrite=cfg.overwrite, progress=progress)
+    kwargs = dict(method=i.method, corpus=files, max_lines=cfg.max_lines,
+                  pad_multiple=i.pad_multiple, seed=i.seed, output_format=i.output_format,
+                  batch_size=i.batch_size, overwrite=cfg.overwrite, progress=progress)
+    if i.method != "align":  # no corpus statistics: no engine
+        return init_embeddings(checkpoint, source, new, _tokenizer_dir(new_path),
+                               _need(cfg, "output_dir"), **kwargs)
+    with open_engine(cfg.engine) as engine:
+        return init_embeddings(checkpoint, source, new, _tokenizer_dir(new_path),
+                               _need(cfg, "output_dir"), engine=engine, **kwargs)
 
 
 def report_from_config(cfg, progress: bool) -> dict:
-    """Measure tokenizer efficiency on held-out text; write report.json and report.png."""
+    """Measure tokenizer efficiency on held-out text (on the `engine`); write report.json and
+    report.png."""
+    from lepjax.data.engine import open_engine
     from lepjax.vocab import report
     from lepjax.vocab.corpus import check_corpus
     from lepjax.tokenizer import load_tokenizer
@@ -103,7 +111,8 @@ def report_from_config(cfg, progress: bool) -> dict:
         raise ValueError("config key report.heldout is required for this action")
     files = {os.path.basename(f): [f] for f in check_corpus(heldout, "held-out text")}
     toks = {label: load_tokenizer(p) for label, p in zip(labels, paths)}
-    rep = report.report(toks, files, cfg.max_lines)
+    with open_engine(cfg.engine) as engine:
+        rep = report.report(toks, files, cfg.max_lines, engine)
     written = report.write_report(rep, _need(cfg, "output_dir"), chart=r.chart)
     return {"action": "report", "written": written, "ratios": rep["ratios"]}
 

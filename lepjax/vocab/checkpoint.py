@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lepjax.data.engine import Engine
 from lepjax.vocab.config import OUTPUT_FORMATS
 from lepjax.vocab.embedding_init import build_matrix, plan_rows
 from lepjax.vocab.tokenizer import VocabTokenizer
@@ -48,8 +49,10 @@ def init_embeddings(checkpoint: str, source: VocabTokenizer, new: VocabTokenizer
                     new_tokenizer_dir: str, output_dir: str, *, method: str = "mean",
                     corpus: Sequence[str] = (), max_lines: int = 0, pad_multiple: int = 128,
                     seed: int = 0, output_format: str = "same", batch_size: int = 1000,
-                    overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Write `output_dir`: the checkpoint with embeddings/LM head for `new`; returns a summary."""
+                    overwrite: bool = False, progress: bool = True,
+                    engine: Engine | None = None) -> dict[str, Any]:
+    """Write `output_dir`: the checkpoint with embeddings/LM head for `new`; returns a summary.
+    align's corpus counts run on `engine` (None: in this process)."""
     import jax
 
     from lepjax import models
@@ -64,7 +67,7 @@ def init_embeddings(checkpoint: str, source: VocabTokenizer, new: VocabTokenizer
     t0 = time.perf_counter()
     model, mc = models.load(checkpoint, **({"param_dtype": "float32"} if fmt == "hf" else {}))
     check_vocab_match(checkpoint, mc.vocab_size, source, pad_multiple)
-    plan = plan_rows(source, new, method, corpus, max_lines, batch_size, progress)
+    plan = plan_rows(source, new, method, corpus, max_lines, batch_size, progress, engine)
     rows_out = round_up(new.vocab_size, pad_multiple)
     special = set(source.special)
     stat_rows = np.array([i for i in range(source.vocab_size) if i not in special], np.int64)

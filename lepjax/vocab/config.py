@@ -29,6 +29,9 @@ Keys:
   report.labels: a label per tokenizer (default: before, after, ... for two, else t0, t1, ...).
   report.heldout: held-out text files; each file is reported separately.
   report.chart: also write report.png.
+  engine.*: where align's corpus counts and the report's counts run (one task per corpus chunk;
+    see lepjax.data.engine): kind local (default; worker processes on this machine) |
+    synchronous (in this process) | dask (scheduler / scheduler_file), num_workers, retries.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ OUTPUT_FORMATS = ("same", "hf", "lepjax")
 
 def default_config() -> ConfigDict:
     """Defaults for every `lepjax vocab` action (see the module docstring for the keys)."""
+    from lepjax.data.engine import engine_section
+
     return ConfigDict(dict(
         tokenizer="", corpus=(), max_lines=0, output_dir="", overwrite=False, progress=True,
         extend=dict(k=1000, aux_vocab_size=50000, priority="after", token_filter="",
@@ -55,6 +60,7 @@ def default_config() -> ConfigDict:
         init=dict(checkpoint="", tokenizer="", method="align", seed=0, pad_multiple=128,
                   output_format="same", batch_size=1000),
         report=dict(tokenizers=(), labels=(), heldout=(), chart=True),
+        engine=engine_section(),
     ))
 
 
@@ -78,3 +84,7 @@ def validate_config(cfg: Any) -> None:
         config_lib.check_choice("init.method", cfg.init.method, INIT_METHODS)
         config_lib.check_choice("init.output_format", cfg.init.output_format, OUTPUT_FORMATS)
         _positive("init.pad_multiple", cfg.init.pad_multiple)
+    if "engine" in cfg:
+        from lepjax.data.engine import validate
+
+        validate(cfg.engine)

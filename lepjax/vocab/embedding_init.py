@@ -12,7 +12,8 @@ Methods (METHODS.md §1):
          parts; several merges yielding t are averaged; pieces no merge makes fall back to mean.
   align: stream the corpus through both tokenizers with character offsets; each occurrence of a
          new piece votes for the tuple of source tokens overlapping its span; the row is
-         sum_tuple p(tuple) * mean(rows of tuple). Pieces never seen fall back to merge.
+         sum_tuple p(tuple) * mean(rows of tuple). Pieces never seen fall back to merge. The
+         counts are one engine task per corpus chunk, added exactly (`align_counts`).
 Statistics for `random` and the all-rows mean use the source rows of non-special pieces.
 Combinations are computed in float64 and cast to the checkpoint's dtype once.
 """
@@ -22,11 +23,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from lepjax.data.engine import Engine
 from lepjax.vocab.config import INIT_METHODS
-from lepjax.vocab.corpus import count_lines, iter_batches
+from lepjax.vocab.corpus import Chunk, chunk_batches, plan_chunks, progress_bar
 from lepjax.vocab.tokenizer import VocabTokenizer
 
 Weights = dict[int, float]
@@ -91,49 +94,70 @@ def copy_map(source: VocabTokenizer, new: VocabTokenizer) -> np.ndarray:
     return np.array([source.piece_to_id.get(p, -1) for p in new.pieces], np.int64)
 
 
+def _count_alignments(counts: dict[int, Counter], source_hf: Any, new_hf: Any,
+                      is_target: np.ndarray, batch: list[str]) -> None:
+    """Add the source-token tuples covering each target piece of `batch`'s lines to `counts`."""
+    new_enc = new_hf.encode_batch(batch, add_special_tokens=False)
+    src_enc = source_hf.encode_batch(batch, add_special_tokens=False)
+    for ne, se in zip(new_enc, src_enc):
+        nids = np.asarray(ne.ids, np.int64)
+        hits = np.nonzero(is_target[nids])[0] if len(nids) else ()
+        if not len(hits):
+            continue
+        noff = np.asarray(ne.offsets, np.int64)[hits]
+        soff = np.asarray(se.offsets, np.int64)
+        sids = np.asarray(se.ids, np.int64)
+        s, e = noff[:, :1], noff[:, 1:]
+        st, en = soff[None, :, 0], soff[None, :, 1]
+        # Overlapping source tokens; zero-width ones (a bare prefix marker) inside the span too.
+        cover = ((st < e) & (en > s)) | ((st == en) & (st >= s) & (st < e))
+        for row, j in enumerate(hits):
+            tup = tuple(sids[cover[row]].tolist())
+            if tup:
+                counts.setdefault(int(nids[j]), Counter())[tup] += 1
+
+
+def align_chunk(source_hf: Any, new_hf: Any, is_target: np.ndarray, chunk: Chunk,
+                batch_size: int) -> dict[int, Counter]:
+    """Engine task: the alignment counts of one corpus chunk (which it reads itself)."""
+    counts: dict[int, Counter] = {}
+    for batch in chunk_batches(chunk, batch_size):
+        _count_alignments(counts, source_hf, new_hf, is_target, batch)
+    return counts
+
+
 def align_counts(source: VocabTokenizer, new: VocabTokenizer, targets: np.ndarray,
                  files: Sequence[str], max_lines: int = 0, batch_size: int = 1000,
-                 progress: bool = True) -> dict[int, Counter]:
-    """For each target id, how often each tuple of source tokens covers its occurrences (streamed)."""
+                 progress: bool = True, engine: Engine | None = None) -> dict[int, Counter]:
+    """For each target id, how often each tuple of source tokens covers its occurrences.
+
+    One `engine` task per corpus chunk (None: in this process); the chunks' counts are added in
+    corpus order, so the result (down to the order of each Counter) is that of one pass over the
+    corpus, whatever the engine and the number of workers."""
     is_target = np.zeros(new.vocab_size, bool)
     is_target[targets] = True
+    chunks = plan_chunks(files, max_lines)
     counts: dict[int, Counter] = {}
-    batches = iter_batches(files, batch_size, max_lines)
-    if progress:
-        from tqdm import tqdm
-
-        total = count_lines(files, max_lines)
-        bar = tqdm(total=total, desc="align: counting", unit=" lines", mininterval=1.0)
-    for batch in batches:
-        new_enc = new.hf.encode_batch(batch, add_special_tokens=False)
-        src_enc = source.hf.encode_batch(batch, add_special_tokens=False)
-        for ne, se in zip(new_enc, src_enc):
-            nids = np.asarray(ne.ids, np.int64)
-            hits = np.nonzero(is_target[nids])[0] if len(nids) else ()
-            if not len(hits):
-                continue
-            noff = np.asarray(ne.offsets, np.int64)[hits]
-            soff = np.asarray(se.offsets, np.int64)
-            sids = np.asarray(se.ids, np.int64)
-            s, e = noff[:, :1], noff[:, 1:]
-            st, en = soff[None, :, 0], soff[None, :, 1]
-            # Overlapping source tokens; zero-width ones (a bare prefix marker) inside the span too.
-            cover = ((st < e) & (en > s)) | ((st == en) & (st >= s) & (st < e))
-            for row, j in enumerate(hits):
-                tup = tuple(sids[cover[row]].tolist())
-                if tup:
-                    counts.setdefault(int(nids[j]), Counter())[tup] += 1
-        if progress:
-            bar.update(len(batch))
-    if progress:
-        bar.close()
+    pending: dict[int, dict[int, Counter]] = {}
+    added = 0
+    with progress_bar(progress, sum(c[2] - c[1] for c in chunks), "align: counting") as bar:
+        for i, got in (engine or Engine(None, retries=0)).map(
+                align_chunk, [(c, batch_size) for c in chunks],
+                shared=(source.hf, new.hf, is_target)):
+            pending[i] = got
+            bar.update(chunks[i][2] - chunks[i][1])
+            while added in pending:  # in corpus order; later chunks wait here
+                for t, c in pending.pop(added).items():
+                    counts.setdefault(t, Counter()).update(c)
+                added += 1
     return counts
 
 
 def plan_rows(source: VocabTokenizer, new: VocabTokenizer, method: str,
               corpus: Sequence[str] = (), max_lines: int = 0, batch_size: int = 1000,
-              progress: bool = True) -> RowPlan:
-    """Decide every row of the new matrix (copies, weights, fallbacks) for `method`."""
+              progress: bool = True, engine: Engine | None = None) -> RowPlan:
+    """Decide every row of the new matrix (copies, weights, fallbacks) for `method`; align's
+    corpus statistics are counted on `engine` (None: in this process)."""
     if method not in INIT_METHODS:
         raise ValueError(f"unknown init method {method!r}; choose one of {', '.join(INIT_METHODS)}")
     if new.kind != source.kind:
@@ -150,7 +174,8 @@ def plan_rows(source: VocabTokenizer, new: VocabTokenizer, method: str,
     if method == "align":
         if not corpus:
             raise ValueError("init.method=align needs a corpus (set the corpus key)")
-        aligned = align_counts(source, new, targets, corpus, max_lines, batch_size, progress)
+        aligned = align_counts(source, new, targets, corpus, max_lines, batch_size, progress,
+                               engine)
     origin = Counter()
     for t in targets.tolist():
         piece = new.pieces[t]
