@@ -122,14 +122,14 @@ def _data_state(loader: Loader) -> dict[str, Any]:
     return merged
 
 
-def _model_tokenizer_fingerprint(path: str) -> str | None:
-    """The fingerprint of the tokenizer shipped in a model directory, if it has one."""
+def _model_tokenizer(path: str):
+    """The tokenizer shipped in a model directory, if it has one (None otherwise)."""
     if not path:
         return None
     from lepjax.tokenizer import load_tokenizer
 
     try:
-        return load_tokenizer(path).fingerprint()
+        return load_tokenizer(path)
     except FileNotFoundError:
         return None
 
@@ -156,15 +156,18 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     tc = cfg.train
     run_dir = os.path.abspath(tc.run_dir)
     mesh, rules = parallel.mesh_from_config(cfg.mesh)
+    tok = _model_tokenizer(cfg.model.path)
     loader = Loader.from_config(cfg.data, vocab_size=state_lib.model_config(cfg.model).vocab_size,
-                                fingerprint=_model_tokenizer_fingerprint(cfg.model.path))
+                                fingerprint=tok.fingerprint() if tok else None)
     settings = run_lib.run_settings(cfg, loader.datasets)
     resumed = run_lib.check_resume(run_dir, settings, cfg)  # before any weight is read
-    setup = state_lib.build(cfg, mesh=mesh, rules=rules)
-    run_lib.open_run(run_dir, cfg, setup, settings, resumed)
+    # LM-head rows past the model tokenizer's ids pad the embedding: no probability, no loss.
+    setup = state_lib.build(cfg, mesh=mesh, rules=rules,
+                            vocab_limit=tok.vocab_size if tok else None)
     ckpt = Checkpointer(run_dir, keep=tc.keep_checkpoints, async_save=tc.async_checkpointing)
-    save_frozen(run_dir, setup.frozen)
     step = _resume(ckpt, run_dir, setup, loader, tc.resume_step)
+    run_lib.open_run(run_dir, cfg, setup, settings, resumed)  # once the launch can run
+    save_frozen(run_dir, setup.frozen)
     step_fn = setup.train_step()
     eval_fn = setup.eval_step() if tc.eval_every and cfg.data.eval_paths else None
     meter = Throughput(

@@ -149,7 +149,7 @@ def check_resume(run_dir: str, settings: dict[str, Any], cfg: ConfigDict) -> boo
     if previous is not None:
         before, now = _flat(previous), _flat(config_lib.to_dict(cfg))
         moves = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-                 if before.get(k) != now.get(k)]
+                 if before.get(k) != now.get(k) and k != "train.run_dir"]  # a copied run
         if moves:
             log.info("resuming %s with changed settings: %s", run_dir, ", ".join(moves))
     return True
@@ -211,7 +211,7 @@ def load_run(run_dir: str, step: int | None = None, mesh=None,
     full = lora_lib.apply(full, ConfigDict(meta["lora"]), mc.num_layers)
     placed = {p: jax.device_put(jnp.asarray(full[p], am.structs[p].dtype), shardings[p])
               for p in am.paths}
-    return nnx.merge(am.graphdef, P.unflatten_tree(am.treedef, placed, am.paths))
+    return nnx.merge(am.graphdef, models.io.unflatten_tree(am.treedef, placed, am.paths))
 
 
 def export_run(run_dir: str, dst: str, fmt: str = "hf", tokenizer_from: str | None = None,
