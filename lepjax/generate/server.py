@@ -120,7 +120,10 @@ class Server:
 
         from lepjax.generate.handler import Handler
 
-        self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        except OSError as e:
+            raise ValueError(_listen_error(self.host, self.port, e)) from None
         self._httpd.daemon_threads = True
         self._httpd.app = self  # type: ignore[attr-defined]
         self.port = self._httpd.server_address[1]
@@ -291,6 +294,24 @@ class Server:
                 job.updates.put(None)
 
 
+def _listen_error(host: str, port: int, e: OSError) -> str:
+    return (f"cannot listen on {host}:{port} ({e.strerror or e}); is another server using the "
+            "port? Choose another port (--config.port; 0 = any free one)")
+
+
+def check_port(host: str, port: int) -> None:
+    """A ValueError naming host and port when the server could not listen there (checked before
+    any weight is read)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ValueError(_listen_error(host, port, e)) from None
+
+
 def serve(cfg: ConfigDict) -> None:
     """Serve `cfg.model` until SIGTERM / Ctrl-C; prints {"serving": url, "port", "model"} first."""
     import os
@@ -298,6 +319,7 @@ def serve(cfg: ConfigDict) -> None:
 
     from lepjax.generate.load import load_for_decoding
 
+    check_port(cfg.host, cfg.port)
     model, tok, mesh, rules = load_for_decoding(cfg)
     name = cfg.model_name or (os.path.basename(os.path.normpath(cfg.model.path))
                               if cfg.model.path else cfg.model.preset)

@@ -175,13 +175,17 @@ class ModelConfig:
         `rope_parameters`.
         """
         if isinstance(source, dict):
-            hf = source
+            hf, where = source, "config.json"
         else:
-            path = os.fspath(source)
+            path = where = os.fspath(source)
             if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
+                path = where = os.path.join(path, "config.json")
             with open(path, encoding="utf-8") as f:
-                hf = json.load(f)
+                try:
+                    hf = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: not valid JSON ({e})") from None
+        _check_hf_fields(hf, where)
         model_type = hf.get("model_type", "llama")
         if model_type not in ("llama", "mistral"):
             raise ValueError(f"unsupported model_type {model_type!r} (lepjax supports llama, mistral)")
@@ -323,6 +327,31 @@ PRESETS: dict[str, ModelConfig] = {
         num_kv_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=8,
         architecture="mistral"),
 }
+
+
+_HF_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads")
+_HF_OPTIONAL_INTS = ("num_key_value_heads", "head_dim", "max_position_embeddings",
+                     "sliding_window")
+_HF_NUMBERS = ("rms_norm_eps", "rope_theta", "initializer_range")
+
+
+def _check_hf_fields(hf: Any, where: str) -> None:
+    """A ValueError naming `where` (the config.json) and the field for a missing or ill-typed
+    architecture field."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(hf).__name__}")
+    missing = [k for k in _HF_INTS if k not in hf]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+    for k in _HF_INTS + _HF_OPTIONAL_INTS:
+        v = hf.get(k)
+        if (k in _HF_INTS or v is not None) and (type(v) is not int or v <= 0):
+            raise ValueError(f"{where}: {k} is {v!r}; expected a positive integer")
+    for k in _HF_NUMBERS:
+        v = hf.get(k)
+        if v is not None and (type(v) not in (int, float)):
+            raise ValueError(f"{where}: {k} is {v!r}; expected a number")
 
 
 def _refuse_compute(fields: dict[str, Any]) -> None:
