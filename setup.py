@@ -61,6 +61,13 @@ setup(
         # jax satisfies `jax`, so pip adds only the jaxlib / libtpu that this jax version pins
         # (libtpu is a ~140 MB wheel).
         "compile": ["jax[tpu]"],
+        # `lepjax compile --target=gpu-8` on a machine without GPUs: the CUDA plugin's compiler
+        # (jax-cuda12-plugin and its pjrt, ~180 MB, without the CUDA libraries) and cuDNN, whose
+        # version JAX checks when tracing cuDNN attention (~550 MB; only libcudnn's version is
+        # read, so the CUDA 13 build serves, and it is the one on this project's machines). Needs
+        # `ptxas` on PATH. Not in CI's install: with it every JAX process loads the plugin
+        # (about +0.8 s and +100 MB each).
+        "compile-gpu": ["jax[cuda12-local]", "nvidia-cudnn-cu13>=9.8,<10"],
     },
     entry_points={"console_scripts": ["lepjax=lepjax.cli.main:main"]},
 )

@@ -5,6 +5,14 @@
 
 Compiles on this machine (no TPU needed: libtpu's deviceless topologies, the `compile` extra)
 and prints per-device memory, collectives and Mosaic kernels; exits 1 when it does not fit.
+
+GPU nodes, from a target config written once on a real GPU (scripts/gpu_target_config.py):
+
+    JAX_PLATFORMS=cpu lepjax compile --config=configs/train/llama3_8b_cpt.py --target=gpu-8 \
+        --gpu_target_config=h100.txtpb
+
+(the `compile-gpu` extra). XLA reports no out-of-memory for GPU programs: the total is compared
+with the device memory of the target config.
 """
 
 from __future__ import annotations
@@ -14,13 +22,17 @@ import os
 
 from lepjax.cli.common import add_config_flag
 
-HELP = "AOT-compile a train / adapt config's train step for a TPU topology: memory per chip"
+HELP = "AOT-compile a train / adapt config's train step for a TPU or GPU topology: memory per chip"
 
 
 def add_args(p):
     p.add_argument("--target", required=True,
-                   help="a TPU slice: v5e-256, v5p-128, v4-32, v6e-64, or 2xv5e-256 (multi-slice)")
-    p.add_argument("--num_slices", type=int, default=1, help="slices of the target (DCN)")
+                   help="a TPU slice: v5e-256, v5p-128, v4-32, v6e-64, or 2xv5e-256 (multi-slice); "
+                        "or GPU nodes: gpu-8 (one node of 8), 2xgpu-8 (with --gpu_target_config)")
+    p.add_argument("--num_slices", type=int, default=1, help="slices / nodes of the target (DCN)")
+    p.add_argument("--gpu_target_config", default="",
+                   help="GPU targets: the GPU's target config (GpuTargetConfigProto text), written "
+                        "once on a real GPU by scripts/gpu_target_config.py")
     p.add_argument("--stage", default="",
                    help="adapt configs: which training of the pipeline (default: every one)")
     p.add_argument("--preset", default="",
@@ -75,7 +87,7 @@ def _trainings(args, cfg) -> dict:
 def run(args, cfg):
     from lepjax import compile as aot
 
-    tgt = aot.target(args.target, args.num_slices)
+    tgt = aot.target(args.target, args.num_slices, args.gpu_target_config)
     reports = {name: aot.compile_train_step(t, tgt) for name, t in _trainings(args, cfg).items()}
     for name, r in reports.items():
         if r["fits"]:
@@ -84,6 +96,8 @@ def run(args, cfg):
                   f"{r['temp_gib']:.2f}, outputs {r['output_gib']:.2f})")
         else:
             print(f"{name} on {r['target']}: does not fit: {r['error']}")
+        if "memory_check" in r:
+            print(f"{name} on {r['target']}: {r['memory_check']}")
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as f:
