@@ -189,7 +189,8 @@ def lora_run(fiat_run, tiny_dir, tmp_path_factory):
         ("data.batch_size", "8"), ("train.run_dir", str(run)), ("train.steps", "3"),
         ("train.log_every", "1"), ("train.save_every", "0"), ("train.loss_chunk", "64"),
         ("train.progress", "false"), ("train.async_checkpointing", "false"),
-        ("train.lora.rank", "4"), ("optim.lr", "1e-2"), ("optim.warmup_steps", "1")])
+        ("train.lora.rank", "4"), ("optim.lr", "1e-2"), ("optim.warmup_steps", "1"),
+        ("train.epochs", "0"), ("data.eval_fraction", "0")])  # 3 steps on 8 records
     initial = models.io.pure_params(models.load(tiny_dir, dtype="float32")[0])
     loop.train(cfg)
     return str(run), initial
@@ -198,7 +199,7 @@ def lora_run(fiat_run, tiny_dir, tmp_path_factory):
 def test_fiat_shards_train_a_lora_student(lora_run):
     import jax
 
-    from lepjax.train import params as P
+    from lepjax.models.io import flatten
     from lepjax.train.checkpoint import Checkpointer, restore_frozen
     from lepjax.train.run import load_run
 
@@ -210,12 +211,12 @@ def test_fiat_shards_train_a_lora_student(lora_run):
     assert meta["trainable"] and all(k.startswith("lora/") for k in meta["trainable"])
     assert {k.split("/")[-2] for k in meta["trainable"]} == {"q", "k", "v", "o", "gate", "up",
                                                              "down"}
-    flat = P.flatten(initial)
+    flat = flatten(initial)
     frozen = restore_frozen(run, {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
                                   for k, v in flat.items()})
     for k, v in flat.items():
         np.testing.assert_array_equal(np.asarray(frozen[k]), np.asarray(v), err_msg=k)
-    merged = P.flatten(models.io.pure_params(load_run(run)))
+    merged = models.io.flatten(models.io.pure_params(load_run(run)))
     assert not np.array_equal(np.asarray(merged["layers/attn/q"]),
                               np.asarray(flat["layers/attn/q"]))  # the adapters moved
 

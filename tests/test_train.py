@@ -124,9 +124,9 @@ def test_frozen_parameters_stay_bit_identical(ru_data, tmp_path, mode):
     cfg.model.vocab_size = 32000
     with cfg.unlocked():
         cfg.model.path = ""
-    before = P.flatten(models.io.pure_params(models.from_config(cfg.model)))
+    before = models.io.flatten(models.io.pure_params(models.from_config(cfg.model)))
     loop.train(cfg)
-    after = P.flatten(models.io.pure_params(run_lib.load_run(str(tmp_path / "run"))))
+    after = models.io.flatten(models.io.pure_params(run_lib.load_run(str(tmp_path / "run"))))
     trained_layers = {0, 1} if mode == "2x2ls" else set()  # tiny_llama2 has 2 layers
     for path, b in before.items():
         a, b = np.asarray(after[path]), np.asarray(b)
@@ -223,14 +223,14 @@ def test_mtp_head_trains_and_is_dropped_at_export(ru_data, tmp_path):
     result = loop.train(config(ru_data, tmp_path / "run", steps=3, mtp=True))
     assert "mtp_loss" in result and result["mtp_loss"] > 0
     model = run_lib.load_run(str(tmp_path / "run"))
-    params = P.flatten(models.io.pure_params(model))
+    params = models.io.flatten(models.io.pure_params(model))
     assert "mtp_head" not in params
     # `lepjax convert RUN_DIR DST`: the run exported in both formats holds the same weights.
     assert run_lib.is_run_dir(str(tmp_path / "run")) and not run_lib.is_run_dir(str(tmp_path))
     for fmt in ("hf", "lepjax"):
         out = run_lib.export_run(str(tmp_path / "run"), str(tmp_path / fmt), fmt=fmt)
         exported, _ = models.load(out)
-        got = P.flatten(models.io.pure_params(exported))
+        got = models.io.flatten(models.io.pure_params(exported))
         assert set(got) == set(params)
         for k, v in params.items():
             np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(v), err_msg=k)
@@ -263,7 +263,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(ru_data, tmp_path):
     cfg = config(ru_data, run, steps=4, trainable="none")
     cfg.model.preset = "tiny_llama2"
     cfg.train.lora.update(dict(rank=4, alpha=8.0, targets=("q", "v", "down"), layers="0"))
-    initial = P.flatten(models.io.pure_params(models.from_config(cfg.model)))
+    initial = models.io.flatten(models.io.pure_params(models.from_config(cfg.model)))
     loop.train(cfg)
     ckpt = Checkpointer(str(run))
     meta = ckpt.state_metadata(4)
@@ -280,7 +280,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(ru_data, tmp_path):
     b = np.asarray(state["trainable"]["lora/layers/attn/q/b"], np.float64)
     assert np.abs(b).max() > 0  # the adapters trained
     # Export merges W + alpha/r * A.B into layer 0 only (checked in float64 NumPy).
-    merged = P.flatten(models.io.pure_params(run_lib.load_run(str(run))))
+    merged = models.io.flatten(models.io.pure_params(run_lib.load_run(str(run))))
     for name in ("layers/attn/q", "layers/attn/v", "layers/mlp/down"):
         a = np.asarray(state["trainable"][f"lora/{name}/a"], np.float64)[0]
         bb = np.asarray(state["trainable"][f"lora/{name}/b"], np.float64)[0]
@@ -425,3 +425,101 @@ def test_train_eval_bits_per_byte_equals_lepjax_eval(ru_data, tmp_path):
                                scorer=Scorer(model, batch_size=4, length_bucket=64))
     assert want["documents"] == len(lines)
     assert m["eval_bits_per_byte"] == pytest.approx(want["bits_per_byte"], rel=1e-4)
+
+
+def test_embedding_padding_rows_take_no_part_in_the_training_loss(ru_data, tmp_path):
+    """A model padded past its tokenizer (32,128 rows for Mistral's 32,000 ids) trains with the
+    loss of the unpadded model: the padding rows of the LM head get no probability."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    padded = models.save_hf(models.create_model(
+        models.get_preset("tiny_llama2", vocab_size=32128), seed=0, dtype="float32"),
+        str(tmp_path / "padded"))
+    shutil.copy(MISTRAL_SP, os.path.join(padded, "tokenizer.model"))
+    (name,) = [f for f in os.listdir(padded) if f.endswith(".safetensors")]
+    weights = load_file(os.path.join(padded, name))
+    weights["lm_head.weight"][32000:] = 3.0 * weights["lm_head.weight"][:128]  # confident rows
+    save_file(weights, os.path.join(padded, name), metadata={"format": "pt"})
+    exact = tmp_path / "exact"
+    shutil.copytree(padded, exact)
+    save_file({k: (v[:32000] if v.shape[0] == 32128 else v) for k, v in weights.items()},
+              os.path.join(exact, name), metadata={"format": "pt"})
+    with open(exact / "config.json") as f:
+        hf_config = json.load(f)
+    with open(exact / "config.json", "w") as f:
+        json.dump({**hf_config, "vocab_size": 32000}, f)
+    first = {}
+    for label, path, rows in [("padded", padded, 32128), ("exact", str(exact), 32000)]:
+        cfg = config(ru_data, tmp_path / f"run-{label}", steps=1)
+        cfg.model.update(dict(path=path, preset="", vocab_size=rows))
+        loop.train(cfg)
+        first[label] = losses(tmp_path / f"run-{label}")[1]
+    assert first["padded"] == pytest.approx(first["exact"], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def qa_records(tmp_path_factory):
+    """200 short prompt/target records (Russian sentences and their first word), tokenised."""
+    with open(os.path.join(HERE, "fixtures", "ru_gsd_dev.txt"), encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()][:200]
+    src = tmp_path_factory.mktemp("qa") / "qa.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"Текст: {t[:120]}\nПервое слово:",
+                                       "target": t.split()[0]}, ensure_ascii=False) + "\n"
+                           for t in lines), encoding="utf-8")
+    out = src.parent / "tokens"
+    cfg = prepare_config()
+    cfg.update(dict(tokenizer=MISTRAL_SP, inputs=(str(src),), output_dir=str(out),
+                    prompt_field="prompt", target_field="target"))
+    cfg.engine.kind = "synchronous"
+    prepare(cfg, progress=False)
+    return str(out)
+
+
+def test_lora_tune_is_sized_by_epochs_with_a_validation_split_and_keeps_the_best(qa_records,
+                                                                                tmp_path):
+    """configs/fiat/lora_tune.py on 200 records: exactly `epochs` passes over the training
+    records (the held-out split never trained on), validation metrics every eval_every steps,
+    and the best checkpoint kept beside the latest."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from lepjax import config as config_lib
+    from lepjax.data import records
+    from lepjax.train.checkpoint import Checkpointer
+
+    tiny = models.save_hf(models.create_model(models.get_preset("tiny_llama2", vocab_size=32000),
+                                              seed=0, dtype="float32"), str(tmp_path / "student"))
+    import shutil
+    shutil.copy(MISTRAL_SP, os.path.join(tiny, "tokenizer.model"))
+    run = tmp_path / "run"
+    cfg = config_lib.load(os.path.join(REPO, "configs", "fiat", "lora_tune.py"), [
+        ("model.path", tiny), ("model.dtype", "float32"), ("data.paths", qa_records),
+        ("data.seq_len", "256"), ("data.batch_size", "8"), ("train.run_dir", str(run)),
+        ("train.epochs", "2"), ("train.eval_every", "4"), ("train.keep_checkpoints", "1"),
+        ("train.log_every", "1"), ("train.loss_chunk", "64"), ("train.progress", "false"),
+        ("train.async_checkpointing", "false"), ("train.lora.rank", "4"), ("optim.lr", "3e-3")])
+    summary = loop.train(cfg)
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    trained = sum(r["tokens"] for r in rows if "loss" in r)
+    evals = [r for r in rows if "eval_loss" in r]
+    steps = summary["step"]
+    assert steps > 8 and [r["step"] for r in evals] == sorted(
+        {*range(4, steps + 1, 4), steps})
+    assert all(0 <= r["eval_accuracy"] <= 1 and np.isfinite(r["eval_loss"]) for r in evals)
+    # Every trained target token of the records, twice, except those of the held-out 10%.
+    ds = records.open_dataset(qa_records)
+    total = 0
+    for shard in ds.shard_paths:
+        reader = ArrayRecordReader(shard)
+        total += sum(int(records.decode(b)["loss_mask"][1:].sum())
+                     for b in reader.read(list(range(reader.num_records()))))
+    held = evals[0]["eval_tokens"]
+    assert 0 < held < 0.2 * total
+    assert trained == 2 * (total - held)
+    assert summary["epochs"] == [pytest.approx(2.0, rel=0.15)]
+    best = json.load(open(run / "best.json"))
+    assert best["eval_loss"] == min(r["eval_loss"] for r in evals)
+    assert summary["best_step"] == best["step"]
+    kept = Checkpointer(str(run)).manager.all_steps()
+    assert best["step"] in kept and steps in kept

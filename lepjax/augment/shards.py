@@ -33,15 +33,9 @@ class AugmentError(ValueError):
     """Bad augmentation input or a failed teacher call (the message names file, line or shard)."""
 
 
-def _parse_line(path: str, n: int, line: str, fields: Mapping[str, str],
-                optional: set[str]) -> dict[str, str]:
-    """One JSONL record as {name: str(value)} plus "source" (file:line); errors name the line."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise AugmentError(f"{path}:{n}: invalid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise AugmentError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+def _record(path: str, n: int, obj: Mapping[str, Any], fields: Mapping[str, str],
+            optional: set[str]) -> dict[str, str]:
+    """One JSONL object as {name: str(value)} plus "source" (file:line); errors name the line."""
     rec = {"source": f"{os.path.basename(path)}:{n}"}
     for name, key in fields.items():
         if key not in obj:
@@ -52,6 +46,14 @@ def _parse_line(path: str, n: int, line: str, fields: Mapping[str, str],
         value = obj[key]
         rec[name] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return rec
+
+
+def _decode(raw: bytes, path: str, n: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AugmentError(f"{path}:{n}: not UTF-8 text at byte {e.start} of the line: "
+                           f"{raw[e.start:e.start + 4]!r}") from None
 
 
 def _input_files(inputs: Sequence[str] | str, what: str) -> list[str]:
@@ -72,10 +74,8 @@ def read_jsonl_records(inputs: Sequence[str], fields: Mapping[str, str],
     optional = set(optional)
     out: list[dict[str, str]] = []
     for path in _input_files(inputs, what):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    out.append(_parse_line(path, n, line, fields, optional))
+        for n, obj in sources.jsonl_objects(path, AugmentError):
+            out.append(_record(path, n, obj, fields, optional))
     if not out:
         raise AugmentError(f"{what} {list(inputs)} hold no records")
     return out
@@ -100,10 +100,11 @@ def plan_jsonl(inputs: Sequence[str] | str, fields: Mapping[str, str], per_shard
             for raw in f:
                 n += 1
                 start, pos = pos, pos + len(raw)
-                line = raw.decode("utf-8")
+                line = _decode(raw, path, n)
                 if not line.strip():
                     continue
-                rec = _parse_line(path, n, line, fields, optional)
+                rec = _record(path, n, sources.json_object(line, f"{path}:{n}", AugmentError),
+                              fields, optional)
                 digest.update(repr(tuple(rec.get(k, "") for k in (*fields, "source"))).encode())
                 if count % per_shard == 0:
                     plan.append([])
@@ -129,9 +130,11 @@ def read_jsonl_pieces(pieces: Sequence[Sequence], fields: Mapping[str, str],
             f.seek(start)
             data = f.read(end - start)
         for k, raw in enumerate(data.split(b"\n")):
-            line = raw.decode("utf-8")
+            n = first_line + k
+            line = _decode(raw, path, n)
             if line.strip():
-                out.append(_parse_line(path, first_line + k, line, fields, optional))
+                out.append(_record(path, n, sources.json_object(line, f"{path}:{n}", AugmentError),
+                                   fields, optional))
     return out
 
 

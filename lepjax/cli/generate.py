@@ -20,10 +20,7 @@ def default_config():
 
 
 def validate(args, cfg):
-    from lepjax.models import validate_compute
-
     required(cfg, "prompts", "output")
-    validate_compute(cfg.model)
 
 
 def run(args, cfg):

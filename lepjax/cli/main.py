@@ -98,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_lib.load(getattr(args, "config", None), overrides,
                               default=module.default_config())
+        if "model" in cfg:  # compute settings (dtype, attention, remat) of every verb's model
+            from lepjax.models import validate_compute
+
+            validate_compute(cfg.model)
         if hasattr(module, "validate"):
             module.validate(args, cfg)
         if args.dry_run:

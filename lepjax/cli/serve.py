@@ -18,12 +18,6 @@ def default_config():
     return default_config()
 
 
-def validate(args, cfg):
-    from lepjax.models import validate_compute
-
-    validate_compute(cfg.model)
-
-
 def run(args, cfg):
     from lepjax.generate.server import serve
 

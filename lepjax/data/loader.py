@@ -50,9 +50,13 @@ def data_section() -> ConfigDict:
       streams: independent packing streams making up the global batch (0 = one per process);
         fix it (e.g. 8) to get the same batches for any process count that divides it.
       eval_paths: held-out dataset directories for evaluation.
+      eval_fraction: instead of eval_paths, hold out this share of every dataset's records (a
+        fixed seeded choice, the same on every run and resume) for evaluation; training reads
+        the others only. 0 = no held-out split.
     """
     return ConfigDict(dict(paths=(), weights=(), seq_len=2048, batch_size=64, seed=0,
-                           shuffle=True, num_epochs=0, packing_bins=16, streams=0, eval_paths=()))
+                           shuffle=True, num_epochs=0, packing_bins=16, streams=0, eval_paths=(),
+                           eval_fraction=0.0))
 
 
 def _shuffle_fn(n: int, seed: int):
@@ -73,13 +77,26 @@ class _DocStream:
 
     The k-th record this process reads is global record g = process_index + k * process_count
     (epoch g // n, shuffled within the epoch with seed + epoch). The cursor is (k, piece).
+    With a held-out share (`spec.holdout`), the records are split once by a fixed permutation:
+    its first round(holdout * records) positions are the "eval" split, the rest "train"; n
+    counts the records of this stream's split.
     """
 
     def __init__(self, spec: "PackedRows", index: int):
         self.spec = spec
         self.source = spec.sources[index]
-        self.n = len(self.source)
+        total = len(self.source)
         self.seed = spec.seed + 7919 * index
+        self._split = None
+        self._offset, self.n = 0, total
+        if spec.holdout:
+            held = round(spec.holdout * total)
+            if not 0 < held < total:
+                raise ValueError(f"data.eval_fraction={spec.holdout} holds out {held} of the "
+                                 f"{total} records of dataset {index}: nothing left to "
+                                 f"{'evaluate' if not held else 'train'} on")
+            self._split = _shuffle_fn(total, (7919 * index + 104729) % 2**32)
+            self._offset, self.n = (0, held) if spec.split == "eval" else (held, total - held)
         self.end = spec.num_epochs * self.n if spec.num_epochs > 0 else None
         self.k = self.piece = 0
         self._shuffler: tuple[int, Any] | None = None
@@ -90,11 +107,11 @@ class _DocStream:
 
     def _record_index(self, g: int) -> int:
         epoch, pos = divmod(g, self.n)
-        if not self.spec.shuffle:
-            return pos
-        if self._shuffler is None or self._shuffler[0] != epoch:
-            self._shuffler = (epoch, _shuffle_fn(self.n, (self.seed + epoch) % 2**32))
-        return self._shuffler[1](pos)
+        if self.spec.shuffle:
+            if self._shuffler is None or self._shuffler[0] != epoch:
+                self._shuffler = (epoch, _shuffle_fn(self.n, (self.seed + epoch) % 2**32))
+            pos = self._shuffler[1](pos)
+        return pos if self._split is None else int(self._split(self._offset + pos))
 
     def finished(self) -> bool:
         """Whether this stream has read its `num_epochs` (it is still readable: a mixture
@@ -226,7 +243,7 @@ class PackedRows(grain.IterDataset):
     def __init__(self, datasets: Sequence[records.Dataset], *, seq_len: int, seed: int = 0,
                  shuffle: bool = True, num_epochs: int = 0, process_index: int = 0,
                  process_count: int = 1, bins: int = 16, weights: Sequence[float] = (),
-                 read_block: int = 256):
+                 read_block: int = 256, holdout: float = 0.0, split: str = "train"):
         super().__init__()
         self.sources = [grain.sources.ArrayRecordDataSource(ds.shard_paths) for ds in datasets]
         weights = list(weights) or [1.0] * len(datasets)
@@ -234,6 +251,11 @@ class PackedRows(grain.IterDataset):
         self.seq_len, self.seed, self.shuffle, self.num_epochs = seq_len, seed, shuffle, num_epochs
         self.process_index, self.process_count = process_index, process_count
         self.bins, self.read_block = bins, read_block
+        if split not in ("train", "eval"):
+            raise ValueError(f"split {split!r}: expected 'train' or 'eval'")
+        if not 0 <= holdout < 1:
+            raise ValueError(f"data.eval_fraction={holdout}: expected 0 <= f < 1")
+        self.holdout, self.split = holdout, split
 
     def __iter__(self) -> _PackedRowIterator:
         return _PackedRowIterator(self)
@@ -269,6 +291,8 @@ class Loader:
         process_count: int | None = None,
         vocab_size: int | None = None,
         fingerprint: str | None = None,
+        holdout: float = 0.0,
+        split: str = "train",
     ):
         if not paths:
             raise ValueError("no datasets given (data.paths is empty)")
@@ -297,8 +321,9 @@ class Loader:
         self._iters = {
             j: iter(PackedRows(self.datasets, seq_len=seq_len, seed=seed, shuffle=shuffle,
                                num_epochs=num_epochs, process_index=j, process_count=streams,
-                               bins=packing_bins, weights=weights))
+                               bins=packing_bins, weights=weights, holdout=holdout, split=split))
             for j in range(process_index, streams, process_count)}
+        self.holdout, self.split = holdout, split
 
     @classmethod
     def from_config(cls, section: Any, paths: Sequence[str] | None = None, **kwargs) -> "Loader":
@@ -307,22 +332,38 @@ class Loader:
                    batch_size=section.batch_size, weights=list(section.weights),
                    seed=section.seed, shuffle=section.shuffle, num_epochs=section.num_epochs,
                    packing_bins=section.packing_bins, streams=section.get("streams", 0),
-                   **kwargs)
+                   holdout=section.get("eval_fraction", 0.0), **kwargs)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rows = [next(it) for it in self._iters.values() for _ in range(self.rows_per_stream)]
+        """The next process-local batch. Once the data ends (`num_epochs` > 0) the last, partial
+        batch is filled up with empty rows (no tokens, no loss), so every record is read."""
+        rows = []
+        for it in self._iters.values():
+            for _ in range(self.rows_per_stream):
+                try:
+                    rows.append(next(it))
+                except StopIteration:
+                    break
+        if not rows:
+            raise StopIteration
+        empty = {k: np.zeros_like(v) for k, v in rows[0].items()}
+        rows += [empty] * (self.local_batch_size - len(rows))
         return {k: np.stack([r[k] for r in rows]) for k in FEATURES}
 
     def epochs(self) -> list[float]:
         """Epochs read so far of each dataset (in `paths` order), by tokens packed into rows
-        (this process's streams stand for all of them)."""
+        (this process's streams stand for all of them; with a held-out split, the split's tokens
+        are taken as its share of the records)."""
         out = []
         for i, ds in enumerate(self.datasets):
             taken = sum(it.taken[i] for it in self._iters.values())
-            out.append(taken * self._num_streams / len(self._iters) / max(ds.num_tokens, 1))
+            share = 1.0 if not self.holdout else (
+                self.holdout if self.split == "eval" else 1.0 - self.holdout)
+            out.append(taken * self._num_streams / len(self._iters)
+                       / max(ds.num_tokens * share, 1))
         return out
 
     def get_state(self) -> dict[str, Any]:

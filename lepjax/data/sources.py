@@ -95,6 +95,26 @@ def _lines(path: str, start: int, end: int,
             pos, n = pos + len(raw), n + 1 if n else None
 
 
+def json_object(line: str, where: str, error: type[Exception] = DataError) -> dict[str, Any]:
+    """One JSONL line as a JSON object; anything else raises `error` naming `where` (file:line)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def jsonl_objects(path: str, error: type[Exception] = DataError
+                  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSONL file. A line that is not UTF-8
+    (DataError), not JSON or not an object (`error`) is an error naming the file and the line."""
+    for _, n, line in _lines(path, 0, os.path.getsize(path), 1):
+        if line.strip():
+            yield n, json_object(line, f"{path}:{n}", error)
+
+
 def line_start(path: str, offset: int) -> int:
     """The offset of the first line of a file that starts at or after `offset`."""
     if offset == 0:
@@ -130,12 +150,7 @@ class _LineParser:
             return []
         if self.fmt == "text":
             return [{"text": line}]
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: a JSON object expected, got {type(record).__name__}")
+        record = json_object(line, where, ValueError)
         ex = _pick(record, where, self.fields.get("text_field", "text"),
                    self.fields.get("prompt_field", ""), self.fields.get("target_field", ""))
         return [ex] if ex else []

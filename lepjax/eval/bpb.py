@@ -53,8 +53,11 @@ def _score_documents(scorer: Scorer, bos_id: int | None, docs: Sequence[Sequence
     return _summary(nats, ntok, nbytes, nchars, len(docs))
 
 
-def _scorer(model, scorer: Scorer | None, batch_size: int, max_len: int) -> Scorer:
-    return scorer or Scorer(model, batch_size=batch_size, max_len=max_len)
+def _scorer(model, tokenizer, scorer: Scorer | None, batch_size: int, max_len: int) -> Scorer:
+    """`scorer`, or one for `model` whose LM-head rows past the tokenizer's ids (embedding
+    padding) get no probability."""
+    return scorer or Scorer(model, batch_size=batch_size, max_len=max_len,
+                            vocab_limit=tokenizer.vocab_size)
 
 
 def bits_per_byte(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16,
@@ -70,8 +73,8 @@ def bits_per_byte(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     if not texts:
         raise ValueError(f"{desc}: no text to evaluate")
     docs = tokenizer.encode(list(texts))
-    return _score_documents(_scorer(model, scorer, batch_size, max_len), tokenizer.bos_id, docs,
-                            texts, progress, desc)
+    return _score_documents(_scorer(model, tokenizer, scorer, batch_size, max_len),
+                            tokenizer.bos_id, docs, texts, progress, desc)
 
 
 def read_text_documents(path: str, mode: str = "line", max_documents: int = 0) -> list[str]:
@@ -127,9 +130,9 @@ def shard_bits_per_byte(model, tokenizer, path: str, *, batch_size: int = 16,
     if info.get("fingerprint") == tokenizer.fingerprint():
         texts = loss_lib.scored_text(tokenizer.decode, content)
         keep = [i for i, t in enumerate(texts) if t.strip()]
-        return _score_documents(_scorer(model, scorer, batch_size, max_len), tokenizer.bos_id,
-                                [content[i] for i in keep], [texts[i] for i in keep], progress,
-                                desc)
+        return _score_documents(_scorer(model, tokenizer, scorer, batch_size, max_len),
+                                tokenizer.bos_id, [content[i] for i in keep],
+                                [texts[i] for i in keep], progress, desc)
     if not info.get("path") or not os.path.exists(info["path"]):
         raise DataError(f"{path}: prepared with another tokenizer than the model's "
                         f"({info.get('path')!r}, fingerprint {info.get('fingerprint')}), which "

@@ -13,11 +13,12 @@ so the prompts do not depend on batch size, order of evaluation or `max_examples
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import string
 from typing import Any
+
+from lepjax.data import sources
 
 KINDS = ("multiple_choice", "generation")
 METRICS = {"multiple_choice": ("acc", "acc_norm"),
@@ -156,25 +157,16 @@ def read_examples(task: Task, path: str, max_examples: int = 0) -> list[Example]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"task {task.name}: data file {path!r} does not exist")
     out: list[Example] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise TaskError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in task.fields if k not in row]
-            if missing:
-                raise TaskError(f"{where}: missing field {missing[0]!r} (task {task.name} needs "
-                                f"{', '.join(task.fields)})")
-            golds, choices, label = _answer(task, row, where)
-            out.append(Example(row, path, n, golds, choices, label))
-            if max_examples and len(out) >= max_examples:
-                break
+    for n, row in sources.jsonl_objects(path, TaskError):
+        where = f"{path}:{n}"
+        missing = [k for k in task.fields if k not in row]
+        if missing:
+            raise TaskError(f"{where}: missing field {missing[0]!r} (task {task.name} needs "
+                            f"{', '.join(task.fields)})")
+        golds, choices, label = _answer(task, row, where)
+        out.append(Example(row, path, n, golds, choices, label))
+        if max_examples and len(out) >= max_examples:
+            break
     if not out:
         raise TaskError(f"{path}: no examples (the file holds no non-blank line)")
     return out

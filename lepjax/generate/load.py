@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
+
+from lepjax.data import sources
 
 
 # End-of-turn tokens of common chat templates: chat decoding stops at the one a template uses.
@@ -75,7 +76,7 @@ def read_prompts(path: str, field: str = "prompt") -> list[str]:
     if not path.endswith(".jsonl"):
         with open(path, encoding="utf-8") as f:
             return [line.rstrip("\n") for line in f if line.strip()]
-    return [str(row[field]) for row in _jsonl_rows(path, (field,))]
+    return [str(row[field]) for _, row in _jsonl_rows(path, (field,))]
 
 
 def read_chat_prompts(path: str, field: str = "prompt",
@@ -87,9 +88,9 @@ def read_chat_prompts(path: str, field: str = "prompt",
     if not path.endswith(".jsonl"):
         return [[{"role": "user", "content": t}] for t in read_prompts(path)]
     out = []
-    for n, row in enumerate(_jsonl_rows(path, (messages_field, field)), 1):
+    for n, row in _jsonl_rows(path, (messages_field, field)):
         if messages_field in row:
-            out.append(check_messages(row[messages_field], f"{path}: row {n}: {messages_field}"))
+            out.append(check_messages(row[messages_field], f"{path}:{n}: {messages_field}"))
         else:
             out.append([{"role": "user", "content": str(row[field])}])
     return out
@@ -116,18 +117,11 @@ def check_messages(messages: Any, where: str = "messages") -> list[dict[str, str
     return out
 
 
-def _jsonl_rows(path: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+def _jsonl_rows(path: str, fields: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of the JSONL rows, each holding one of `fields`."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
-            if not isinstance(row, dict) or not any(k in row for k in fields):
-                raise ValueError(f"{path}: line {n} has no field "
-                                 f"{' or '.join(map(repr, fields))}")
-            rows.append(row)
+    for n, row in sources.jsonl_objects(path, ValueError):
+        if not any(k in row for k in fields):
+            raise ValueError(f"{path}:{n}: no field {' or '.join(map(repr, fields))}")
+        rows.append((n, row))
     return rows

@@ -14,5 +14,5 @@ from lepjax.models.transformer import Decoder
 __all__ = [
     "PRESETS", "Compute", "Decoder", "ModelConfig", "RopeScaling", "create_model", "detect_format",
     "from_config", "get_preset", "load", "load_hf", "load_lepjax", "make_forward",
-    "model_section", "save", "save_hf", "validate_compute", "validate_compute",
+    "model_section", "save", "save_hf", "validate_compute",
 ]

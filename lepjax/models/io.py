@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -182,13 +182,31 @@ def load_lepjax(
     return nnx.merge(graphdef, abstract)
 
 
-def _flat(tree) -> dict[str, Any]:
-    return {"/".join(str(getattr(k, "key", k)) for k in p): v
-            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def flatten_tree(tree: Any, is_leaf: Any = None) -> tuple[dict[str, Any], Any]:
+    """({"layers/attn/q": leaf, ...}, treedef) of a pytree keyed by names (an `nnx.State`, nested
+    dicts, a pure parameter dict, orbax metadata). The one place parameter paths are spelt;
+    `unflatten_tree` inverts it. Dict keys of the tree form the path; other path entries (a Variable's value
+    attribute) are skipped."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    flat = {"/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)): leaf
+            for path, leaf in leaves}
+    if len(flat) != len(leaves):
+        raise ValueError("two leaves of the tree share a parameter path")
+    return flat, treedef
+
+
+def unflatten_tree(treedef: Any, flat: Mapping[str, Any], paths: list[str]) -> Any:
+    """The tree `flatten_tree` flattened to `paths` (in its order), from `flat` by path."""
+    return jax.tree.unflatten(treedef, [flat[p] for p in paths])
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    """{"a/b": leaf} of a nested parameter tree."""
+    return flatten_tree(tree)[0]
 
 
 def _check_tree_matches(path: str, target, stored) -> None:
-    want, have = _flat(target), _flat(stored)
+    want, have = flatten(target), flatten(stored)
     missing = sorted(set(want) - set(have))
     if missing:
         raise ValueError(f"{path}: checkpoint is missing parameters {missing}")

@@ -236,30 +236,6 @@ class Tokenizer:
 
     # ---- properties of the vocabulary -------------------------------------------------------
 
-    def token_byte_lengths(self):
-        """UTF-8 bytes each token id stands for in decoded text (0 for special tokens).
-
-        SentencePiece-style pieces count "▁" as a space and byte-fallback pieces `<0xNN>` as one
-        byte; byte-level pieces count one byte per character. Summed over a text's tokens,
-        this is the text's byte length (plus one for SentencePiece's leading-space marker), the
-        denominator of bits per byte.
-        """
-        import numpy as np
-
-        out = np.zeros(self.vocab_size, np.int32)
-        special = self.special_ids
-        byte_level = self.kind == convert.BYTE_LEVEL
-        for i, piece in enumerate(self.pieces):
-            if i in special or not piece:
-                continue
-            if byte_level:
-                out[i] = len(piece)
-            elif convert.is_byte_piece(piece):
-                out[i] = 1
-            else:
-                out[i] = len(piece.replace(convert.SPACE, " ").encode())
-        return out
-
     def fingerprint(self) -> str:
         """A hash of the vocabulary (pieces by id) and BOS/EOS: equal vocabularies, equal hashes."""
         h = hashlib.sha256()

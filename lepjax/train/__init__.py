@@ -55,3 +55,19 @@ def validate_config(cfg: Any) -> None:
     if tc.loss_chunk < 0 or tc.steps < 1:
         raise ConfigError(f"train.loss_chunk={tc.loss_chunk} / train.steps={tc.steps}: expected "
                           "a chunk >= 0 (0 = whole rows) and at least one step")
+    if tc.get("epochs", 0):
+        if int(tc.epochs) != tc.epochs or tc.epochs < 0:
+            raise ConfigError(f"train.epochs={tc.epochs}: expected a whole number of passes")
+        if "data" in cfg and cfg.data.num_epochs not in (0, tc.epochs):
+            raise ConfigError(f"train.epochs={tc.epochs} and data.num_epochs="
+                              f"{cfg.data.num_epochs} disagree: set one")
+    if "data" in cfg and cfg.data.get("eval_fraction", 0.0):
+        f = cfg.data.eval_fraction
+        if not 0 < f < 1:
+            raise ConfigError(f"data.eval_fraction={f}: expected 0 < f < 1")
+        if cfg.data.eval_paths:
+            raise ConfigError("data.eval_fraction and data.eval_paths both name held-out data: "
+                              "set one")
+        if not tc.eval_every:
+            raise ConfigError(f"data.eval_fraction={f} holds records out of training, but "
+                              "train.eval_every=0 never evaluates them: set train.eval_every")

@@ -44,7 +44,13 @@ class Checkpointer:
 
     def __init__(self, run_dir: str, keep: int = 3, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        # The last `keep` checkpoints, and the one saved with the lowest eval_loss (evaluations
+        # save with metrics; others have none).
+        keeping = ocp.checkpoint_managers.AnyPreservationPolicy([
+            ocp.checkpoint_managers.LatestN(keep),
+            ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: -m["eval_loss"], n=1,
+                                          keep_checkpoints_without_metrics=False)])
+        options = ocp.CheckpointManagerOptions(create=True, preservation_policy=keeping,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
@@ -54,9 +60,12 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_state: dict[str, Any], wait: bool = False) -> None:
+    def save(self, step: int, state: Any, data_state: dict[str, Any], wait: bool = False,
+             metrics: dict[str, float] | None = None) -> None:
+        """Save step `step`; `metrics` ({"eval_loss": ...}) rank it for keeping the best."""
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+            metrics=metrics, force=True)
         if wait:
             self.manager.wait_until_finished()
 

@@ -23,6 +23,7 @@ for at most `train.eval_batches` batches (0 = all).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -34,6 +35,8 @@ from ml_collections import ConfigDict
 
 from lepjax import config as config_lib
 from lepjax import models, parallel
+from lepjax.config import ConfigError
+from lepjax.data import records
 from lepjax.data.loader import Loader, data_section
 from lepjax.models import loss as loss_lib
 from lepjax.train import flops as flops_lib
@@ -58,6 +61,9 @@ def train_section() -> ConfigDict:
     Keys:
       run_dir: the run directory (created; resumed from when it has checkpoints).
       steps: optimiser steps in total (the schedule's length).
+      epochs: size the run by passes over data.paths instead (0 = use `steps`): the loader
+        reads each dataset this many times (data.num_epochs) and `steps` becomes the number of
+        batches that makes, counted once at the start by packing the data (no compute).
       stop_at_step: end this launch after this step (0 = run to `steps`), saving a checkpoint;
         the next launch resumes (e.g. to fit a job's time limit).
       trainable: all | embeddings | 2x2ls | a list like "embed,lm_head,layers[0,-1]"
@@ -68,6 +74,10 @@ def train_section() -> ConfigDict:
       loss_chunk: positions per chunk of the LM head + loss (bounds float32 logits memory).
       z_loss: weight of the z-loss (logsumexp²) term; 0 = off.
       log_every, save_every, eval_every: intervals in steps (0 = never; a final save always).
+        Evaluation reads data.eval_paths or the data.eval_fraction split, reports eval_loss,
+        eval_accuracy (next-token top-1 on trained tokens) and eval_bits_per_byte, and keeps
+        the checkpoint of the best eval_loss beside the last `keep_checkpoints` (run_dir/
+        best.json names it).
       resume_step: resume from the checkpoint of this step (0 = the newest one that restores);
         newer checkpoints are moved to run_dir/checkpoints_set_aside/.
       eval_batches: batches per evaluation (0 = the whole of data.eval_paths).
@@ -80,7 +90,7 @@ def train_section() -> ConfigDict:
         lora.rank > 0 use trainable="none" (adapters only) or add e.g. "embed,lm_head".
     """
     return ConfigDict(dict(
-        run_dir="", steps=1000, stop_at_step=0, trainable="all", frozen_dtype="", mtp=False, micro_batches=1,
+        run_dir="", steps=1000, epochs=0, stop_at_step=0, trainable="all", frozen_dtype="", mtp=False, micro_batches=1,
         loss_chunk=1024, z_loss=0.0, log_every=10, save_every=500, eval_every=0, eval_batches=10,
         resume_step=0, keep_checkpoints=3, async_checkpointing=True, skip_nonfinite=False,
         peak_tflops=0.0, progress=True, lora=lora_lib.lora_section()))
@@ -157,6 +167,9 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     run_dir = os.path.abspath(tc.run_dir)
     mesh, rules = parallel.mesh_from_config(cfg.mesh)
     tok = _model_tokenizer(cfg.model.path)
+    if tc.epochs:
+        cfg.data.num_epochs = tc.epochs
+        cfg.train.steps = _epoch_steps(cfg)
     loader = Loader.from_config(cfg.data, vocab_size=state_lib.model_config(cfg.model).vocab_size,
                                 fingerprint=tok.fingerprint() if tok else None)
     settings = run_lib.run_settings(cfg, loader.datasets)
@@ -169,7 +182,9 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
     run_lib.open_run(run_dir, cfg, setup, settings, resumed)  # once the launch can run
     save_frozen(run_dir, setup.frozen)
     step_fn = setup.train_step()
-    eval_fn = setup.eval_step() if tc.eval_every and cfg.data.eval_paths else None
+    eval_fn = setup.eval_step() if tc.eval_every and (
+        cfg.data.eval_paths or cfg.data.eval_fraction) else None
+    best = _read_best(run_dir)
     meter = Throughput(
         flops_lib.selection_flops_per_token(setup.model.config, setup.selection, cfg.data.seq_len),
         tc.peak_tflops * 1e12 or flops_lib.peak_flops(jax.devices()[0].device_kind),
@@ -202,10 +217,18 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
                                     tok_s=f"{metrics['tokens_per_s']:.0f}")
                 last = metrics
                 bar.update(1)
-                if eval_fn is not None and step % tc.eval_every == 0:
-                    writer.write(step, evaluate(cfg, setup, eval_fn))
+                if eval_fn is not None and (step % tc.eval_every == 0 or step == end):
+                    result = evaluate(cfg, setup, eval_fn)
+                    writer.write(step, result)
+                    if best is None or result["eval_loss"] < best["eval_loss"]:
+                        ckpt.save(step, setup.state, _data_state(loader),
+                                  metrics={"eval_loss": result["eval_loss"]})
+                        best = {"step": step, **result}
+                        _write_best(run_dir, best)
                 preempted = parallel.any_process(preempt.requested) or ckpt.reached_preemption(step)
-                if (tc.save_every and step % tc.save_every == 0) or preempted:
+                if ckpt.latest_step() == step:
+                    pass  # saved as the best so far
+                elif (tc.save_every and step % tc.save_every == 0) or preempted:
                     ckpt.save(step, setup.state, _data_state(loader), wait=preempted)
                 if preempted:
                     log.warning("stopped at step %d for preemption; rerun to resume", step)
@@ -216,7 +239,45 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
         ckpt.wait()
         bar.close()
         writer.close()
-    return {"step": step, "preempted": False, **last}
+    done = {"step": step, "preempted": False, **last}
+    if best is not None:
+        done.update(best_step=best["step"], best_eval_loss=best["eval_loss"])
+    if tc.epochs:
+        done["epochs"] = [round(e, 3) for e in loader.epochs()]
+    return done
+
+
+def _epoch_steps(cfg: ConfigDict) -> int:
+    """The batches `data.num_epochs` passes over data.paths make (the loader run once without
+    compute; the fewest over the processes, as every process takes part in every step)."""
+    counter = Loader.from_config(cfg.data, vocab_size=None)
+    batches = 0
+    for _ in counter:
+        batches += 1
+    batches = min(parallel.allgather_json(batches))
+    if not batches:
+        raise ConfigError(f"train.epochs={cfg.train.epochs}: data.paths make no batch of "
+                          f"{cfg.data.batch_size} rows")
+    log.info("train.epochs=%d: %d steps of %d rows", cfg.train.epochs, batches,
+             cfg.data.batch_size)
+    return batches
+
+
+BEST = "best.json"
+
+
+def _read_best(run_dir: str) -> dict[str, Any] | None:
+    """The best evaluation so far of a resumed run (None for a new one)."""
+    path = os.path.join(run_dir, BEST)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_best(run_dir: str, best: dict[str, Any]) -> None:
+    if jax.process_index() == 0:
+        records.write_json_atomic(os.path.join(run_dir, BEST), best)
 
 
 def _non_finite(tc: Any, ckpt: Checkpointer, step: int, metrics: dict[str, float]) -> None:
@@ -239,11 +300,16 @@ def evaluate(cfg: ConfigDict, setup: state_lib.TrainSetup, eval_fn) -> dict[str,
     batches)."""
     section = ConfigDict(config_lib.to_dict(cfg.data))
     section.update(dict(shuffle=False, num_epochs=1))
-    loader = Loader.from_config(section, paths=list(cfg.data.eval_paths),
-                                vocab_size=setup.model.config.vocab_size)
+    if cfg.data.eval_paths:
+        section.eval_fraction = 0.0
+        loader = Loader.from_config(section, paths=list(cfg.data.eval_paths),
+                                    vocab_size=setup.model.config.vocab_size)
+    else:  # the held-out split of data.paths
+        loader = Loader.from_config(section, vocab_size=setup.model.config.vocab_size,
+                                    split="eval")
     tokenizer = _eval_tokenizer(loader)
     specials = np.asarray(sorted(_special_ids(loader)), np.int32)
-    ce = tokens = nats = 0.0
+    ce = tokens = nats = correct = 0.0
     nbytes, batches = 0, 0
     while not cfg.train.eval_batches or batches < cfg.train.eval_batches:
         try:
@@ -256,11 +322,13 @@ def evaluate(cfg: ConfigDict, setup: state_lib.TrainSetup, eval_fn) -> dict[str,
                                                                scored_documents(local)))
         out = jax.device_get(eval_fn(setup.state["trainable"], setup.frozen,
                                      loader.global_batch(local, setup.mesh, setup.rules)))
+        correct += float(out["correct"])
         ce += float(out["ce_sum"])
         tokens += float(out["tokens"])
         nats += float(out["score_nats"])
         batches += 1
-    result = {"eval_loss": ce / max(tokens, 1.0), "eval_tokens": tokens}
+    result = {"eval_loss": ce / max(tokens, 1.0), "eval_accuracy": correct / max(tokens, 1.0),
+              "eval_tokens": tokens}
     nbytes = sum(parallel.allgather_json(nbytes))
     if tokenizer is not None and nbytes:
         result["eval_bits_per_byte"] = loss_lib.bits_per_byte(nats, nbytes)

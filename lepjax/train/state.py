@@ -73,8 +73,8 @@ def model_config(section: Any) -> ModelConfig:
 def abstract_model(config: ModelConfig, compute: Compute = Compute()) -> AbstractModel:
     """The shape-only model of `config` computed with `compute` (allocates nothing)."""
     graphdef, abstract = model_io.abstract_model(config, compute)
-    variables, _ = P.flatten_tree(abstract, is_leaf=model_io.is_variable)
-    structs, treedef = P.flatten_tree(abstract)
+    variables, _ = model_io.flatten_tree(abstract, is_leaf=model_io.is_variable)
+    structs, treedef = model_io.flatten_tree(abstract)
     axes = {p: tuple(v.get_metadata().get("logical_axes") or (None,) * len(v.shape))
             for p, v in variables.items()}
     return AbstractModel(config, compute, graphdef, treedef, list(structs),
@@ -267,7 +267,7 @@ def build(cfg: ConfigDict, *, mesh: Mesh, rules: parallel.Rules = parallel.DEFAU
     if model is None:
         model = models.from_config(cfg.model, mesh=mesh, rules=rules)
     graphdef, state = nnx.split(model)
-    flat, treedef = P.flatten_tree(state)
+    flat, treedef = model_io.flatten_tree(state)
     del model, state
     if list(flat) != am.paths or any(flat[p].shape != am.structs[p].shape for p in am.paths):
         raise ValueError(f"the loaded model's parameters differ from those its config describes: "

@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from lepjax import parallel
+from lepjax.models import io as model_io
 from lepjax.models.loss import TokenScores, token_scores
 from lepjax.train import lora as lora_lib
 from lepjax.train import params as P
@@ -63,7 +64,7 @@ class StepBuilder:
         full = P.merge(trainable, frozen, self.selection)
         if self.lora is not None:
             full = lora_lib.apply(full, self.lora, self.num_layers)
-        return nnx.merge(self.graphdef, P.unflatten_tree(self.treedef, full, self.paths))
+        return nnx.merge(self.graphdef, model_io.unflatten_tree(self.treedef, full, self.paths))
 
     def scores(self, head, hidden, targets) -> TokenScores:
         return token_scores(hidden, head, targets, chunk=self.cfg.loss_chunk,
@@ -145,8 +146,9 @@ class StepBuilder:
         return new, out
 
     def eval_step(self, trainable, frozen, batch):
-        """Summed CE and trained-token count over `loss_mask`, and (with a `score_mask`, the
-        tokens bits per byte scores) `score_nats` / `scored` over it; no gradients."""
+        """Summed CE, trained-token count and top-1 hits (`correct`) over `loss_mask`, and (with
+        a `score_mask`, the tokens bits per byte scores) `score_nats` / `scored` over it; no
+        gradients."""
         _, metrics = self.summed_loss(trainable, frozen, batch)
-        return {k: v for k, v in metrics.items() if k in ("ce_sum", "tokens", "score_nats",
-                                                          "scored")}
+        return {k: v for k, v in metrics.items() if k in ("ce_sum", "tokens", "correct",
+                                                          "score_nats", "scored")}
