@@ -2,7 +2,8 @@
 
 Each test runs `lepjax VERB ...` in-process and checks three things: the exit code, the single
 error line naming the file or key, and that what was already written is byte-identical before
-and after (hashed). Training runs use the tiny Llama 3 preset on a small Russian dataset.
+and after (hashed). Datasets are tokenised with a 300-token BPE trained here, training runs use
+the tiny Llama 3 preset (512 rows).
 """
 
 import glob
@@ -15,7 +16,7 @@ import socket
 
 import numpy as np
 import pytest
-from conftest import LLAMA3_TIKTOKEN, MISTRAL_SP, tiny_sp_checkpoint
+from conftest import MISTRAL_SP
 
 from lepjax.cli.main import main
 
@@ -69,13 +70,28 @@ def texts(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def datasets(texts, tmp_path_factory):
-    """{"ru", "en"}: small datasets prepared with the Mistral tokenizer."""
+def small_tokenizer(texts, tmp_path_factory):
+    """A byte-level BPE tokenizer.json of 300 tokens (<s>, </s> as BOS / EOS)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train([texts["ru"]], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path = str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.json")
+    tok.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def datasets(texts, small_tokenizer, tmp_path_factory):
+    """{"ru", "en"}: small datasets prepared with `small_tokenizer`."""
     root = tmp_path_factory.mktemp("datasets")
     out = {}
     for name, path in texts.items():
         out[name] = str(root / name)
-        assert main(prepare_args(MISTRAL_SP, path, out[name])) == 0
+        assert main(prepare_args(small_tokenizer, path, out[name])) == 0
     return out
 
 
@@ -83,13 +99,13 @@ def datasets(texts, tmp_path_factory):
 
 
 @pytest.mark.parametrize("change", ["tokenizer", "inputs"])
-def test_prepare_rerun_with_other_tokenizer_or_inputs_is_refused(datasets, texts, tmp_path,
-                                                                 capsys, change):
+def test_prepare_rerun_with_other_tokenizer_or_inputs_is_refused(datasets, texts, small_tokenizer,
+                                                                 tmp_path, capsys, change):
     out = tmp_path / "d"
     shutil.copytree(datasets["ru"], out)
     before = tree_hashes(out)
-    tok, inputs = (LLAMA3_TIKTOKEN, texts["ru"]) if change == "tokenizer" else (MISTRAL_SP,
-                                                                              texts["en"])
+    tok, inputs = ((MISTRAL_SP, texts["ru"]) if change == "tokenizer" else
+                   (small_tokenizer, texts["en"]))
     rc, line = run(capsys, *prepare_args(tok, inputs, out))
     assert rc == 1
     assert f"output_dir {out} was prepared differently" in line and f"other {change}" in line
@@ -151,8 +167,10 @@ def test_vocab_extend_non_utf8_corpus_names_file_and_byte(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A tiny random HF checkpoint (32,000 rows) with the Mistral tokenizer."""
-    return tiny_sp_checkpoint(tmp_path_factory.mktemp("model") / "m")
+    """A tiny random Hugging Face checkpoint (`lepjax init`)."""
+    path = tmp_path_factory.mktemp("model") / "m"
+    assert main(["init", str(path), "--format=hf"]) == 0
+    return str(path)
 
 
 def test_malformed_config_json_value_names_file_and_field(model_dir, tmp_path, capsys):
@@ -241,20 +259,20 @@ def test_augment_unknown_teacher_backend_writes_nothing(tmp_path, capsys):
 
 def train_args(data, run_dir, steps, *extra):
     return ["train", f"--config.data.paths={data}", f"--config.train.run_dir={run_dir}",
-            f"--config.train.steps={steps}", "--config.train.save_every=2",
+            f"--config.train.steps={steps}", "--config.train.save_every=1",
             "--config.train.log_every=1", "--config.train.progress=false",
             "--config.train.async_checkpointing=false", "--config.model.dtype=float32",
-            "--config.model.vocab_size=32000", "--config.data.seq_len=64",
+            "--config.data.seq_len=64",
             "--config.data.batch_size=8", "--config.train.loss_chunk=32",
-            "--config.optim.lr=3e-3", "--config.optim.warmup_steps=2", *extra]
+            "--config.optim.lr=3e-3", "--config.optim.warmup_steps=1", *extra]
 
 
 @pytest.fixture(scope="module")
 def base_run(datasets, tmp_path_factory):
-    """A 4-step run with checkpoints at steps 2 and 4."""
+    """A 2-step run with checkpoints at steps 1 and 2."""
     run_dir = tmp_path_factory.mktemp("train") / "run"
-    assert main(train_args(datasets["ru"], run_dir, 4)) == 0
-    assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
+    assert main(train_args(datasets["ru"], run_dir, 2)) == 0
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["1", "2"]
     return run_dir
 
 
@@ -280,7 +298,7 @@ def test_train_resume_with_other_data_is_refused(base_run, datasets, tmp_path, c
     run_dir = tmp_path / "run"
     shutil.copytree(base_run, run_dir)
     before = tree_hashes(run_dir)
-    rc, line = run(capsys, *train_args(datasets["en"], run_dir, 6))
+    rc, line = run(capsys, *train_args(datasets["en"], run_dir, 4))
     assert rc == 1
     assert f"train.run_dir {run_dir} was started with other settings" in line
     assert f"data.paths (['{datasets['ru']}'] -> ['{datasets['en']}'])" in line
@@ -306,21 +324,21 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, datasets
     fallback, explicit = tmp_path / "fallback", tmp_path / "explicit"
     shutil.copytree(base_run, fallback)
     shutil.copytree(base_run, explicit)
-    corrupt(fallback, 4)
-    kept = tree_hashes(fallback / "checkpoints" / "2")
+    corrupt(fallback, 2)
+    kept = tree_hashes(fallback / "checkpoints" / "1")
     with caplog.at_level(logging.INFO, logger="lepjax"):
-        assert main(train_args(datasets["ru"], fallback, 6)) == 0  # steps may change
+        assert main(train_args(datasets["ru"], fallback, 3)) == 0  # steps may change
     log = caplog.text
-    assert f"checkpoint at step 4 in {fallback / 'checkpoints'} does not restore: " in log
+    assert f"checkpoint at step 2 in {fallback / 'checkpoints'} does not restore: " in log
     assert "ZSTD" in log or "decompress" in log.lower()
-    assert "resuming from step 2, the newest intact checkpoint" in log
-    assert "train.steps 4 -> 6" in log  # a change that is allowed, logged old -> new
-    assert tree_hashes(fallback / "checkpoints" / "2") == kept
-    assert os.path.isdir(fallback / "checkpoints_set_aside" / "4")  # moved aside, not deleted
-    # The same run resumed explicitly from step 2 ends identical.
-    assert main(train_args(datasets["ru"], explicit, 6, "--config.train.resume_step=2")) == 0
+    assert "resuming from step 1, the newest intact checkpoint" in log
+    assert "train.steps 2 -> 3" in log  # a change that is allowed, logged old -> new
+    assert tree_hashes(fallback / "checkpoints" / "1") == kept
+    assert os.path.isdir(fallback / "checkpoints_set_aside" / "2")  # moved aside, not deleted
+    # The same run resumed explicitly from step 1 ends identical.
+    assert main(train_args(datasets["ru"], explicit, 3, "--config.train.resume_step=1")) == 0
     got, ref = losses(fallback), losses(explicit)
-    assert [got[s] for s in range(3, 7)] == [ref[s] for s in range(3, 7)]
+    assert [got[s] for s in (2, 3)] == [ref[s] for s in (2, 3)]
     a = jax.tree_util.tree_leaves_with_path(models.io.pure_params(load_run(str(fallback))))
     b = jax.tree_util.tree_leaves_with_path(models.io.pure_params(load_run(str(explicit))))
     assert [k for k, _ in a] == [k for k, _ in b]
@@ -334,13 +352,13 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, datasets
 def test_no_intact_checkpoint_lists_directory_and_steps(base_run, datasets, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(base_run, run_dir)
-    corrupt(run_dir, 4)
     corrupt(run_dir, 2)
+    corrupt(run_dir, 1)
     before = tree_hashes(run_dir)
-    rc, line = run(capsys, *train_args(datasets["ru"], run_dir, 6))
+    rc, line = run(capsys, *train_args(datasets["ru"], run_dir, 4))
     assert rc == 1
-    assert f"no checkpoint in {run_dir / 'checkpoints'} restores; tried step 4 (" in line
-    assert "; step 2 (" in line
+    assert f"no checkpoint in {run_dir / 'checkpoints'} restores; tried step 2 (" in line
+    assert "; step 1 (" in line
     assert tree_hashes(run_dir) == before  # nothing written for a launch that could not run
 
 
@@ -349,8 +367,9 @@ def test_non_finite_loss_is_one_line_naming_step_and_checkpoint(base_run, datase
     run_dir = tmp_path / "run"
     shutil.copytree(base_run, run_dir)
     before = tree_hashes(run_dir / "checkpoints")
-    rc, line = run(capsys, *train_args(datasets["ru"], run_dir, 8, "--config.optim.lr=1e30"))
+    rc, line = run(capsys, *train_args(datasets["ru"], run_dir, 6, "--config.optim.lr=1e30",
+                                       "--config.train.save_every=0"))
     assert rc == 1
     assert "non-finite loss" in line and "at step " in line
-    assert f"last good checkpoint (step 4) in {run_dir / 'checkpoints'} is intact" in line
+    assert f"last good checkpoint (step 2) in {run_dir / 'checkpoints'} is intact" in line
     assert tree_hashes(run_dir / "checkpoints") == before
