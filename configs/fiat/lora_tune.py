@@ -21,8 +21,8 @@ fiat.infer.student (the adapters are merged on load).
 Keys: the `lepjax train` config (lepjax.train.loop.default_config):
   model.path: the instruction-tuned student (override); model.dtype: compute dtype.
   data.paths: the tokens/ directories of `lepjax augment fiat` (override).
-  data.seq_len, batch_size: 1024-token rows (FIAT records are short prompts + rationales and
-    are packed several to a row), 16 rows per step.
+  data.seq_len, batch_size: 2048-token rows, equal to fiat.seq_len of configs/fiat/augment.py
+    (records are packed several to a row; none is longer than a row), 16 rows per step.
   data.eval_fraction: share of the records held out for validation (0.1).
   optim.lr, warmup_fraction, weight_decay: AdamW, warmup over the first 10% of the steps, then
     cosine (lepjax.train.optim).
@@ -40,7 +40,7 @@ def get_config():
     cfg.model.path = ""  # the instruction-tuned student: override
     cfg.model.dtype = "bfloat16"
     cfg.data.paths = ()  # runs/fiat/<task>/tokens: override
-    cfg.data.seq_len = 1024
+    cfg.data.seq_len = 2048  # = fiat.seq_len (configs/fiat/augment.py)
     cfg.data.batch_size = 16
     cfg.data.eval_fraction = 0.1
     cfg.optim.lr = 2e-4
