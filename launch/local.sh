@@ -15,8 +15,8 @@
 # any process starts).
 #
 # SIGTERM / Ctrl-C are forwarded to every process (lepjax train then saves and stops). When one
-# process fails or dies, the others are stopped (SIGTERM, then SIGKILL after LEPJAX_STOP_GRACE
-# seconds, default 10); the exit status is the first non-zero one among the processes.
+# process fails or dies, the others are stopped (after 3 s: SIGTERM, then SIGKILL after
+# LEPJAX_STOP_GRACE seconds, default 10); the exit status is the first non-zero one.
 set -euo pipefail
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -75,10 +75,11 @@ while [ ${#running[@]} -gt 0 ]; do
     status=$rc
     echo "local.sh: a process exited with status $rc; stopping the others (logs: $LOG_DIR)" >&2
     if [ ${#running[@]} -gt 0 ]; then
+      # A moment to stop by themselves (lepjax adapt's processes stop each other, with the
+      # error in every log), then SIGTERM, then SIGKILL.
       others=("${!running[@]}")
-      kill -TERM "${others[@]}" 2>/dev/null || true
-      (sleep "${LEPJAX_STOP_GRACE:-10}"; kill -KILL "${others[@]}" 2>/dev/null || true) \
-        > /dev/null 2>&1 &
+      (sleep 3; kill -TERM "${others[@]}"; sleep "${LEPJAX_STOP_GRACE:-10}"
+       kill -KILL "${others[@]}") > /dev/null 2>&1 &
       killer=$!
     fi
   fi

