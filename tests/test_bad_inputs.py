@@ -159,7 +159,21 @@ def test_vocab_extend_non_utf8_corpus_names_file_and_byte(tmp_path, capsys):
                    f"--config.corpus={bad}", f"--config.output_dir={tmp_path / 'tok'}")
     assert rc == 1
     assert f"{bad}: not UTF-8 text at byte 18 (line 2)" in line
-    assert not (tmp_path / "tok").exists()
+    assert os.listdir(tmp_path) == ["corpus.txt"]  # no output (or .partial) directory
+
+
+def test_vocab_output_onto_its_input_tokenizer_is_refused(small_tokenizer, texts, tmp_path,
+                                                          capsys):
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    shutil.copy(small_tokenizer, tok_dir / "tokenizer.json")
+    before = tree_hashes(tmp_path)
+    rc, line = run(capsys, "vocab", "extend", f"--config.tokenizer={tok_dir}",
+                   f"--config.corpus={texts['ru']}", f"--config.output_dir={tok_dir}",
+                   "--config.overwrite=True")
+    assert rc == 1
+    assert f"output {tok_dir} is (or holds) the input {tok_dir}" in line
+    assert tree_hashes(tmp_path) == before
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -186,6 +200,18 @@ def test_malformed_config_json_value_names_file_and_field(model_dir, tmp_path, c
     assert rc == 1
     assert f"{src / 'config.json'}: num_attention_heads is 'four'; expected a positive" in line
     assert not (tmp_path / "dst").exists() and tree_hashes(src) == before
+
+
+def test_propagate_onto_its_instruct_model_is_refused(model_dir, tmp_path, capsys):
+    instruct = tmp_path / "instruct"
+    shutil.copytree(model_dir, instruct)
+    before = tree_hashes(instruct)
+    rc, line = run(capsys, "propagate", f"--config.base={model_dir}",
+                   f"--config.instruct={instruct}", f"--config.donor={model_dir}",
+                   f"--config.output_dir={instruct}", "--config.overwrite=True")
+    assert rc == 1
+    assert f"output {instruct} is (or holds) the input {instruct}" in line
+    assert tree_hashes(instruct) == before
 
 
 # ---- generate / serve --------------------------------------------------------------------------

@@ -69,11 +69,12 @@ def propagate(base: str, instruct: str, donor: str, output_dir: str, *, method: 
     from lepjax.vocab.checkpoint import round_up
     from lepjax.vocab.embedding_init import build_matrix, copy_map, plan_rows
     from lepjax.vocab.tokenizer import load_vocab
-    from lepjax.vocab.writer import write_tokenizer_files
+    from lepjax.vocab.writer import check_output, write_tokenizer_files
 
     config_lib.check_choice("propagate.method", method, solve.METHODS)
     config_lib.check_choice("propagate.output_format", output_format, OUTPUT_FORMATS)
-    io._check_destination(os.path.abspath(output_dir), overwrite)
+    check_output(output_dir, overwrite, [base, instruct, donor, base_tokenizer,
+                                         instruct_tokenizer, donor_tokenizer])
     t0 = time.perf_counter()
     tok_b = load_vocab(base_tokenizer or base)
     tok_i = load_vocab(instruct_tokenizer or instruct)

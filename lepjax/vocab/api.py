@@ -37,8 +37,8 @@ def extend_from_config(cfg, progress: bool) -> dict:
     from lepjax.vocab.corpus import check_corpus
 
     out_dir = _need(cfg, "output_dir")
-    writer.prepare_output(out_dir, cfg.overwrite)  # fail before training if it cannot be written
     files = check_corpus(cfg.corpus)
+    writer.check_output(out_dir, cfg.overwrite, [cfg.tokenizer, *files])  # before training
     e = cfg.extend
     tok, summary = expand.extend(_source(cfg), files, e.k, priority=e.priority,
                                  aux_vocab_size=e.aux_vocab_size, token_filter=e.token_filter,
@@ -55,8 +55,8 @@ def replace_from_config(cfg, progress: bool) -> dict:
     from lepjax.vocab.corpus import check_corpus
 
     out_dir = _need(cfg, "output_dir")
-    writer.prepare_output(out_dir, cfg.overwrite)
     files = check_corpus(cfg.corpus)
+    writer.check_output(out_dir, cfg.overwrite, [cfg.tokenizer, *files])  # before training
     tok, summary = expand.replace(_source(cfg), files, cfg.replace.vocab_size,
                                   model_type=cfg.replace.model, max_lines=cfg.max_lines,
                                   min_frequency=cfg.extend.min_frequency, progress=progress)

@@ -11,34 +11,41 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
+from lepjax import files
 from lepjax.tokenizer.convert import BYTE_LEVEL, dumps
 from lepjax.vocab.tokenizer import VocabTokenizer
 
 VOCAB_META = "vocab.json"
 
 
-def prepare_output(path: str, overwrite: bool) -> str:
-    """Check `path` may be written; returns its `.partial` sibling, emptied."""
+def check_output(path: str, overwrite: bool, inputs: Sequence[str] = ()) -> str:
+    """`path` made absolute, once checked (nothing is created): an output that is one of the
+    `inputs` (or holds one) is refused, an existing non-empty one unless `overwrite`."""
     path = os.path.abspath(path)
+    real = os.path.realpath(path)
+    for name in inputs:
+        if name and os.path.exists(name):
+            src = os.path.realpath(name)
+            if src == real or src.startswith(real + os.sep):
+                raise ValueError(f"output {path} is (or holds) the input {name}; choose another "
+                                 "output_dir")
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
         raise FileExistsError(f"output {path} exists and is not empty; set overwrite=True "
                               "(--config.overwrite=true) to replace it")
+    return path
+
+
+def prepare_output(path: str, overwrite: bool) -> str:
+    """Check `path` may be written (`check_output`); returns its `.partial` sibling, emptied."""
+    path = check_output(path, overwrite)
     tmp = path + ".partial"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
     return tmp
-
-
-def commit_output(tmp: str, path: str) -> str:
-    """Rename a finished `.partial` directory over `path`."""
-    path = os.path.abspath(path)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    return path
 
 
 def tokenizer_config(tok: VocabTokenizer) -> dict[str, Any]:
@@ -97,7 +104,7 @@ def save_tokenizer(tok: VocabTokenizer, path: str, meta: dict[str, Any] | None =
     with open(os.path.join(tmp, VOCAB_META), "w", encoding="utf-8") as f:
         json.dump({"format": "lepjax-vocab", "kind": tok.kind, "vocab_size": tok.vocab_size,
                    **(meta or {})}, f, ensure_ascii=False, indent=2)
-    return commit_output(tmp, path)
+    return files.commit_dir(tmp, os.path.abspath(path))
 
 
 def read_vocab_meta(directory: str) -> dict[str, Any]:
