@@ -44,16 +44,16 @@ def get_config():
     cfg.model.dtype = "float32"
     cfg.data.seq_len = 256
     cfg.data.batch_size = 8
-    cfg.train.steps = 36
-    cfg.train.save_every = 18
+    cfg.train.steps = 16
+    cfg.train.save_every = 8
     cfg.train.log_every = 4
     cfg.train.progress = False
-    cfg.optim.lr = 2e-3
-    cfg.optim.warmup_steps = 4
+    cfg.optim.lr = 3e-3
+    cfg.optim.warmup_steps = 2
     cfg.optim.weight_decay = 0.0
     cfg.prepare.engine.kind = "synchronous"  # small texts: tokenise in process
     cfg.eval.dtype = "float32"
-    cfg.eval.max_examples = 100
+    cfg.eval.max_examples = 64
     cfg.eval.batch_size = 8
     cfg.eval.progress = False
     return cfg
