@@ -46,8 +46,9 @@ FORMATS = ("hf", "lepjax")
 DEFINING = ("model.path", "data.paths", "train.trainable", "train.lora", "train.mtp",
             "data.batch_size", "data.seq_len")
 # What a run directory may hold (anything else: it is not one, and is not written into).
-_RUN_FILES = re.compile(r"resolved_config(\.\d+)?\.json|run_model\.json|run_settings\.json|"
-                        r"metrics\.jsonl|tensorboard|frozen|checkpoints|checkpoints_set_aside")
+_RUN_FILES = re.compile(r"(resolved_config(\.\d+)?\.json|run_model\.json|run_settings\.json)"
+                        r"(\.tmp)?|metrics\.jsonl|tensorboard|frozen|checkpoints|"
+                        r"checkpoints_set_aside")
 
 log = logging.getLogger("lepjax.train")
 
@@ -130,11 +131,12 @@ def check_resume(run_dir: str, settings: dict[str, Any], cfg: ConfigDict) -> boo
                               f"({', '.join(foreign[:3])}); choose another train.run_dir")
     path = os.path.join(run_dir, RUN_SETTINGS)
     if not os.path.isfile(path):
-        if names:
-            raise FileExistsError(f"train.run_dir {run_dir} has no {RUN_SETTINGS} (the record "
-                                  "of what defines the run) but holds files; choose another "
-                                  "train.run_dir")
-        return False
+        ckpts = os.path.join(run_dir, "checkpoints")
+        if "frozen" in names or (os.path.isdir(ckpts) and os.listdir(ckpts)):
+            raise FileExistsError(f"train.run_dir {run_dir} holds checkpoints but no "
+                                  f"{RUN_SETTINGS} (the record of what defines the run); choose "
+                                  "another train.run_dir")
+        return False  # nothing was trained here yet
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
     changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
@@ -159,10 +161,13 @@ def open_run(run_dir: str, cfg: ConfigDict, setup: TrainSetup, settings: dict[st
              resumed: bool) -> None:
     """Create or update the run directory once `check_resume` passed: its `settings` (first
     launch only), this launch's resolved config and `run_model.json`."""
+    parallel.allgather_json(None)  # every process has checked before anything is written
     os.makedirs(run_dir, exist_ok=True)
     if not resumed and jax.process_index() == 0:
-        with open(os.path.join(run_dir, RUN_SETTINGS), "w", encoding="utf-8") as f:
+        path = os.path.join(run_dir, RUN_SETTINGS)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(settings, f, indent=2, sort_keys=True)
+        os.replace(path + ".tmp", path)
     config_lib.write_resolved(cfg, run_dir)
     write_meta(run_dir, setup, cfg.train.lora, cfg.model.path)
 
