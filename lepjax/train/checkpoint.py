@@ -81,6 +81,8 @@ class Checkpointer:
         there is no checkpoint. Raises `CheckpointError` naming the directory and the steps
         tried when none restores, or when `step` is not one of them. Newer checkpoints than the
         one restored are moved to `checkpoints_set_aside/`."""
+        from lepjax.parallel import allgather_json
+
         steps = sorted(self.manager.all_steps(), reverse=True)
         if step and step not in steps:
             raise CheckpointError(f"train.resume_step={step}: {self.directory} has no checkpoint "
@@ -89,12 +91,16 @@ class Checkpointer:
             return None
         tried = []
         for s in [step] if step else steps:
+            error = None
             try:
                 state, data = self.restore(s, abstract_state)
             except Exception as e:  # orbax / tensorstore raise plain Exceptions for bad bytes
-                tried.append(f"step {s} ({_reason(e)})")
+                error = _reason(e)
+            errors = [e for e in allgather_json(error) if e]  # every process takes one branch
+            if errors:
+                tried.append(f"step {s} ({errors[0]})")
                 log.warning("checkpoint at step %d in %s does not restore: %s", s, self.directory,
-                            _reason(e))
+                            errors[0])
                 continue
             if tried:
                 log.warning("resuming from step %d, the newest intact checkpoint in %s "
@@ -106,10 +112,10 @@ class Checkpointer:
 
     def _set_aside(self, steps: list[int]) -> None:
         """Move the checkpoints of `steps` to `run_dir/checkpoints_set_aside/<step>`."""
-        if not steps:
-            return
         from lepjax.parallel import allgather_json
 
+        if not steps:
+            return
         aside = os.path.join(os.path.dirname(self.directory), SET_ASIDE)
         if jax.process_index() == 0:
             os.makedirs(aside, exist_ok=True)
