@@ -132,9 +132,9 @@ def leases_in_turn(name, count):
     return os.getpid()
 
 
-def test_a_worker_registers_a_semaphore_once_not_per_lease(cluster):
+def test_a_worker_thread_registers_a_semaphore_once_not_per_lease(cluster):
     """Each lease is one acquire and one release; the semaphore is registered with the scheduler
-    once per worker process (and name), not once per request."""
+    once per worker thread (and name), not once per request."""
     c, _ = cluster
     ext = c.scheduler.extensions["semaphores"]
     registered = []
@@ -258,6 +258,35 @@ def test_unreachable_scheduler_is_one_line(monkeypatch):
     section.update(dict(kind="dask", scheduler="tcp://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         engine_lib.open_engine(section)
+
+
+def test_bad_inputs_on_the_engine_are_one_line_naming_the_culprit(tmp_path, capfd,
+                                                                  monkeypatch):
+    """`lepjax prepare` on 2 local workers: a missing file, a corrupt Parquet file (found by a
+    worker's scan task) and an unreachable scheduler each end with one line on stderr, worker
+    logs included, and no output directory."""
+    from lepjax.cli.main import main
+
+    monkeypatch.setattr(engine_lib, "CONNECT_TIMEOUT_S", 2)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not really parquet")
+    out = tmp_path / "out"
+    base = ["prepare", "--no-progress", f"--config.tokenizer={MISTRAL_SP}",
+            f"--config.output_dir={out}"]
+    local = ["--config.engine.kind=local", "--config.engine.num_workers=2"]
+    cases = [(local + [f"--config.inputs={RU},{tmp_path / 'missing.txt'}"],
+              f"{tmp_path / 'missing.txt'}"),
+             (local + [f"--config.inputs={RU},{bad}"], f"{bad}: not a readable Parquet file"),
+             (["--config.engine.kind=dask", "--config.engine.scheduler=tcp://127.0.0.1:9",
+               f"--config.inputs={RU}"], "cannot reach the Dask scheduler at tcp://127.0.0.1:9")]
+    for args, culprit in cases:
+        capfd.readouterr()
+        rc = main(base + args)
+        time.sleep(0.5)  # a worker's log lines, if any, reach the captured stderr
+        err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+        assert rc == 1 and len(err) == 1 and culprit in err[0], err
+        assert err[0].startswith("lepjax prepare: error: "), err
+    assert not out.exists()
 
 
 def test_driver_killed_mid_run_then_rerun_is_identical(corpus, reference, tmp_path):

@@ -184,28 +184,29 @@ def lease(name: str, max_leases: int) -> Iterator[None]:
         yield
 
 
-# One distributed.Semaphore per (name, max_leases) and worker or client of this process: making
-# one registers it with the scheduler and starts its lease-refresh callback, so a request that
-# made its own would cost a scheduler round trip more than its acquire and release.
-_DASK_SEMAPHORES: dict[tuple[str, int], tuple[Any, Any]] = {}
-_DASK_SEMAPHORES_LOCK = threading.Lock()
+# One distributed.Semaphore per (name, max_leases) and thread, reused for each of that thread's
+# leases (one at a time, as the class expects): making one registers it with the scheduler and
+# starts its lease-refresh callback, a scheduler round trip more than the acquire and release. One
+# instance shared by the threads of a process instead stalled the cap's holders (seen with 512
+# threads on 2 workers), so each thread keeps its own.
+_DASK_SEMAPHORES = threading.local()
 
 
 def _dask_semaphore(name: str, max_leases: int) -> Any:
-    """The `distributed.Semaphore` `name` of this process's worker (or client), made once."""
+    """This thread's `distributed.Semaphore` `name` on its worker (or client), made once."""
     from distributed import Semaphore, default_client, get_worker
 
     try:
         owner = get_worker()
     except ValueError:
         owner = default_client()
-    with _DASK_SEMAPHORES_LOCK:
-        cached = _DASK_SEMAPHORES.get((name, max_leases))
-        if cached is None or cached[0] is not owner:
-            sem = Semaphore(max_leases=max_leases, name=name)
-            sem.register()
-            cached = _DASK_SEMAPHORES[(name, max_leases)] = (owner, sem)
-        return cached[1]
+    cache = _DASK_SEMAPHORES.__dict__
+    cached = cache.get((name, max_leases))
+    if cached is None or cached[0] is not owner:
+        sem = Semaphore(max_leases=max_leases, name=name)
+        sem.register()
+        cached = cache[(name, max_leases)] = (owner, sem)
+    return cached[1]
 
 
 # One LocalCluster per (workers, dashboard) for the life of the process: starting one costs
