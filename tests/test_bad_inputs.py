@@ -336,7 +336,7 @@ def test_train_run_dir_holding_other_files_is_refused(datasets, capsys):
     before = tree_hashes(datasets["en"])
     rc, line = run(capsys, *train_args(datasets["ru"], datasets["en"], 2))
     assert rc == 1
-    assert f"train.run_dir {datasets['en']} holds files that are not part of a run" in line
+    assert f"train.run_dir {datasets['en']} holds files but is not a run" in line
     assert tree_hashes(datasets["en"]) == before
 
 

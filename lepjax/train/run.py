@@ -45,10 +45,6 @@ FORMATS = ("hf", "lepjax")
 # `data.fingerprints` for the datasets' content): a resume under other values is refused.
 DEFINING = ("model.path", "data.paths", "train.trainable", "train.lora", "train.mtp",
             "data.batch_size", "data.seq_len")
-# What a run directory may hold (anything else: it is not one, and is not written into).
-_RUN_FILES = re.compile(r"(resolved_config(\.\d+)?\.json|run_model\.json|run_settings\.json)"
-                        r"(\.tmp)?|metrics\.jsonl|tensorboard|frozen|checkpoints|"
-                        r"checkpoints_set_aside")
 
 log = logging.getLogger("lepjax.train")
 
@@ -119,24 +115,22 @@ def _previous_config(run_dir: str) -> dict[str, Any] | None:
 def check_resume(run_dir: str, settings: dict[str, Any], cfg: ConfigDict) -> bool:
     """Whether `run_dir` is a run to resume (False: a new one). Raises `ValueError` naming every
     defining key whose value differs from the one the run was started with, or when `run_dir`
-    holds files that are not a run's; logs the other keys that changed since the last launch."""
+    is a non-empty directory that is not a run (no `run_settings.json`); logs the other keys that
+    changed since the last launch."""
     if not os.path.isdir(run_dir):
         if os.path.exists(run_dir):
             raise NotADirectoryError(f"train.run_dir {run_dir} exists and is not a directory")
         return False
-    names = os.listdir(run_dir)
-    foreign = sorted(n for n in names if not _RUN_FILES.fullmatch(n))
-    if foreign:
-        raise FileExistsError(f"train.run_dir {run_dir} holds files that are not part of a run "
-                              f"({', '.join(foreign[:3])}); choose another train.run_dir")
     path = os.path.join(run_dir, RUN_SETTINGS)
     if not os.path.isfile(path):
-        ckpts = os.path.join(run_dir, "checkpoints")
-        if "frozen" in names or (os.path.isdir(ckpts) and os.listdir(ckpts)):
-            raise FileExistsError(f"train.run_dir {run_dir} holds checkpoints but no "
-                                  f"{RUN_SETTINGS} (the record of what defines the run); choose "
-                                  "another train.run_dir")
-        return False  # nothing was trained here yet
+        ckpts = os.path.join(run_dir, "checkpoints")  # orbax may have created it, empty
+        held = sorted(n for n in os.listdir(run_dir)
+                      if not (n == "checkpoints" and os.path.isdir(ckpts) and not os.listdir(ckpts)))
+        if held:
+            raise FileExistsError(f"train.run_dir {run_dir} holds files but is not a run (no "
+                                  f"{RUN_SETTINGS}: {', '.join(held[:3])}); choose another "
+                                  "train.run_dir")
+        return False
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
     changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
