@@ -248,7 +248,8 @@ atexit.register(_close_local_clusters)
 def start_local_cluster(num_workers: int, dashboard: str = "") -> Any:
     """A LocalCluster of `num_workers` single-threaded worker processes on the loopback
     interface; its dashboard at `dashboard` (an address), or off (its HTTP endpoints then take
-    a free loopback port)."""
+    a free loopback port). The workers log nothing below CRITICAL unless lepjax logs at DEBUG: a
+    task's error is raised again in the driver, which names the culprit in one line."""
     from distributed import LocalCluster
 
     http = None if dashboard else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
@@ -257,7 +258,7 @@ def start_local_cluster(num_workers: int, dashboard: str = "") -> Any:
     return LocalCluster(n_workers=num_workers, threads_per_worker=1, processes=True,
                         host="127.0.0.1", dashboard_address=dashboard or None,
                         scheduler_kwargs=http,
-                        silence_logs=logging.INFO if debugging else logging.WARNING)
+                        silence_logs=logging.INFO if debugging else logging.CRITICAL)
 
 
 def _local_client(num_workers: int, dashboard: str) -> Any:
