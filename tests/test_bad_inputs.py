@@ -214,6 +214,18 @@ def test_propagate_onto_its_instruct_model_is_refused(model_dir, tmp_path, capsy
     assert tree_hashes(instruct) == before
 
 
+def test_forward_existing_report_is_refused(model_dir, tmp_path, capsys):
+    out = tmp_path / "fwd"
+    out.mkdir()
+    (out / "forward.json").write_text('{"logits_sum": 1.0}')
+    before = tree_hashes(out)
+    rc, line = run(capsys, "forward", f"--config.model.path={model_dir}",
+                   f"--config.output_dir={out}")
+    assert rc == 1
+    assert f"{out / 'forward.json'} exists" in line and "--config.overwrite=True" in line
+    assert tree_hashes(out) == before
+
+
 # ---- generate / serve --------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ def default_config():
       batch_size, seq_len: shape of the random token ids.
       seed: seed of the random token ids.
       output_dir: where to write forward.json and resolved_config.json (empty: print only).
+      overwrite: replace a forward.json already in output_dir.
     """
     from ml_collections import ConfigDict
 
@@ -35,7 +36,7 @@ def default_config():
     model = model_section()
     model.dtype = "float32"
     return ConfigDict(dict(model=model, mesh=mesh_section(), tokens=(), batch_size=2, seq_len=16,
-                           seed=0, output_dir=""))
+                           seed=0, output_dir="", overwrite=False))
 
 
 def forward_checksum(cfg: Any) -> dict[str, Any]:
@@ -44,6 +45,10 @@ def forward_checksum(cfg: Any) -> dict[str, Any]:
 
     from lepjax import models, parallel
 
+    out = os.path.join(cfg.output_dir, "forward.json") if cfg.output_dir else ""
+    if out and os.path.exists(out) and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists; choose another output_dir or set "
+                              "--config.overwrite=True to replace it")
     mesh, rules = parallel.mesh_from_config(cfg.mesh)
     model = models.from_config(cfg.model, mesh=mesh, rules=rules)
     mc = model.config
@@ -68,8 +73,8 @@ def forward_checksum(cfg: Any) -> dict[str, Any]:
         "mesh": dict(mesh.shape),
         "seconds_incl_compile": round(seconds, 3),
     }
-    if cfg.output_dir and jax.process_index() == 0:
+    if out and jax.process_index() == 0:
         os.makedirs(cfg.output_dir, exist_ok=True)
-        with open(os.path.join(cfg.output_dir, "forward.json"), "w") as f:
+        with open(out, "w") as f:
             json.dump(report, f, indent=2)
     return report
