@@ -269,6 +269,15 @@ def test_generate_malformed_jsonl_names_file_and_line(model_dir, tmp_path, capsy
     assert tree_hashes(tmp_path) == before and not (tmp_path / "out.jsonl").exists()
 
 
+def test_generate_non_utf8_prompts_names_file_and_byte(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("Привет\n".encode() + b"bad \xff\n")
+    rc, line = run(capsys, *generate_args(model_dir, prompts, tmp_path / "out.jsonl"))
+    assert rc == 1
+    assert f"{prompts}: not UTF-8 text at byte 17 (line 2)" in line
+    assert os.listdir(tmp_path) == ["prompts.txt"]
+
+
 def test_serve_port_in_use_is_one_line(model_dir, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -74,8 +75,14 @@ def read_prompts(path: str, field: str = "prompt") -> list[str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prompts file {path!r} does not exist")
     if not path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
+        with open(path, "rb") as f:
+            blob = f.read()
+        try:
+            text = blob.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = blob.count(b"\n", 0, e.start) + 1
+            raise ValueError(f"{path}: not UTF-8 text at byte {e.start} (line {line})") from None
+        return [line.rstrip("\n") for line in io.StringIO(text, newline=None) if line.strip()]
     return [str(row[field]) for _, row in _jsonl_rows(path, (field,))]
 
 
