@@ -66,7 +66,8 @@ def prepare_args(tokenizer, inputs, out, *extra):
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
     root = tmp_path_factory.mktemp("texts")
-    return {"ru": text_head(RU, root / "ru.txt", 20_000), "en": text_head(EN, root / "en.txt", 8_000)}
+    return {"ru": text_head(RU, root / "ru.txt", 20_000),
+            "en": text_head(EN, root / "en.txt", 8_000)}
 
 
 @pytest.fixture(scope="module")

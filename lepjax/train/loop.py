@@ -1,17 +1,21 @@
 """`lepjax train`: the training loop.
 
     run_dir/
-      resolved_config.json     the config of the (latest) launch
+      resolved_config.json     the config of the first launch; resolved_config.<n>.json: later
+                               launches with another config (never replaced)
+      run_settings.json        what defines the run, checked on resume (lepjax.train.run)
       run_model.json           what makes the run directory a model (see lepjax.train.run)
       metrics.jsonl            one line per logged step (loss, lr, grad norm, tokens/s, MFU, ...)
       tensorboard/             the same scalars for TensorBoard (when tensorboardX is installed)
-      frozen/, checkpoints/    see lepjax.train.checkpoint
+      frozen/, checkpoints/    see lepjax.train.checkpoint (and checkpoints_set_aside/)
 
 `train` is the short loop of MaxText's shape: `lepjax.train.state.build` sets everything up
 (checked against the abstract model before any weight is read), then batch, step, maybe log,
-maybe evaluate, maybe save. A run directory that already has a checkpoint resumes from the latest
-complete one: the train state and the data position are restored, so the run continues with
-exactly the batches and losses it would have had. SIGTERM (preemption) saves a checkpoint and
+maybe evaluate, maybe save. A run directory that already has a checkpoint resumes from the newest
+one that restores (or `train.resume_step`), once its settings are checked against the run's
+(`lepjax.train.run.check_resume`, before any weight is read): the train state and the data
+position are restored, so the run continues with exactly the batches and losses it would have
+had. SIGTERM (preemption) saves a checkpoint and
 exits cleanly.
 
 Evaluation (`train.eval_every`) reports the held-out loss (nats per trained token, as the
@@ -34,9 +38,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from lepjax import config as config_lib
-from lepjax import models, parallel
+from lepjax import files, models, parallel
 from lepjax.config import ConfigError
-from lepjax.data import records
 from lepjax.data.loader import Loader, data_section
 from lepjax.models import loss as loss_lib
 from lepjax.train import flops as flops_lib
@@ -277,7 +280,7 @@ def _read_best(run_dir: str) -> dict[str, Any] | None:
 
 def _write_best(run_dir: str, best: dict[str, Any]) -> None:
     if jax.process_index() == 0:
-        records.write_json_atomic(os.path.join(run_dir, BEST), best)
+        files.write_json(os.path.join(run_dir, BEST), best)
 
 
 def _non_finite(tc: Any, ckpt: Checkpointer, step: int, metrics: dict[str, float]) -> None:

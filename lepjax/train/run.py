@@ -124,8 +124,8 @@ def check_resume(run_dir: str, settings: dict[str, Any], cfg: ConfigDict) -> boo
     path = os.path.join(run_dir, RUN_SETTINGS)
     if not os.path.isfile(path):
         ckpts = os.path.join(run_dir, "checkpoints")  # orbax may have created it, empty
-        held = sorted(n for n in os.listdir(run_dir)
-                      if not (n == "checkpoints" and os.path.isdir(ckpts) and not os.listdir(ckpts)))
+        empty = os.path.isdir(ckpts) and not os.listdir(ckpts)
+        held = sorted(n for n in os.listdir(run_dir) if not (n == "checkpoints" and empty))
         if held:
             raise FileExistsError(f"train.run_dir {run_dir} holds files but is not a run (no "
                                   f"{RUN_SETTINGS}: {', '.join(held[:3])}); choose another "
