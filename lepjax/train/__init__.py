@@ -52,6 +52,9 @@ def validate_config(cfg: Any) -> None:
     lora.check_section(tc.lora)
     if tc.micro_batches < 1:
         raise ConfigError(f"train.micro_batches={tc.micro_batches}: expected 1 or more")
+    if tc.resume_step < 0:
+        raise ConfigError(f"train.resume_step={tc.resume_step}: expected a checkpoint's step, or "
+                          "0 for the newest one that restores")
     if tc.loss_chunk < 0 or tc.steps < 1:
         raise ConfigError(f"train.loss_chunk={tc.loss_chunk} / train.steps={tc.steps}: expected "
                           "a chunk >= 0 (0 = whole rows) and at least one step")
