@@ -22,6 +22,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from lepjax import files
+
 RESOLVED_CONFIG = "resolved_config.json"
 
 
@@ -213,7 +215,6 @@ def write_resolved(cfg: ConfigDict | dict, directory: str, name: str = RESOLVED_
         path = os.path.join(directory, f"{stem}.{n}{ext}")
     if _process_index() == 0:
         os.makedirs(directory, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        with files.atomic_file(path) as f:
             f.write(blob)
-        os.replace(path + ".tmp", path)
     return path

@@ -15,24 +15,26 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lepjax")
 
 # What each top-level unit of lepjax may import (besides itself); docs/architecture.md.
-LIBRARIES = {"config", "parallel", "answers", "tokenizer", "models", "data", "train", "generate",
-             "vocab", "lep", "eval", "augment", "adapt", "compile"}
-ALLOWED = {
-    "config": set(),
-    "parallel": {"config"},
+LIBRARIES = {"files", "config", "parallel", "answers", "tokenizer", "models", "data", "train",
+             "generate", "vocab", "lep", "eval", "augment", "adapt", "compile"}
+ALLOWED = {  # `files` (atomic writes) is the floor every unit may stand on
+    "files": set(),
+    "config": {"files"},
+    "parallel": {"files", "config"},
     "answers": set(),
-    "tokenizer": {"config"},
-    "models": {"config", "parallel"},
-    "data": {"config", "parallel", "tokenizer"},
-    "train": {"config", "parallel", "tokenizer", "models", "data"},
-    "generate": {"config", "parallel", "tokenizer", "models", "data"},
-    "vocab": {"config", "parallel", "tokenizer", "models", "data", "generate"},
-    "lep": {"config", "parallel", "tokenizer", "models", "data", "vocab"},
-    "eval": {"config", "parallel", "answers", "tokenizer", "models", "data", "generate", "vocab"},
-    "augment": {"config", "parallel", "answers", "tokenizer", "models", "data", "generate",
-                "train"},
+    "tokenizer": {"files", "config"},
+    "models": {"files", "config", "parallel"},
+    "data": {"files", "config", "parallel", "tokenizer"},
+    "train": {"files", "config", "parallel", "tokenizer", "models", "data"},
+    "generate": {"files", "config", "parallel", "tokenizer", "models", "data"},
+    "vocab": {"files", "config", "parallel", "tokenizer", "models", "data", "generate"},
+    "lep": {"files", "config", "parallel", "tokenizer", "models", "data", "vocab"},
+    "eval": {"files", "config", "parallel", "answers", "tokenizer", "models", "data", "generate",
+             "vocab"},
+    "augment": {"files", "config", "parallel", "answers", "tokenizer", "models", "data",
+                "generate", "train"},
     "adapt": LIBRARIES - {"adapt", "compile"},
-    "compile": {"config", "parallel", "models", "data", "train", "tokenizer"},
+    "compile": {"files", "config", "parallel", "models", "data", "train", "tokenizer"},
     "cli": LIBRARIES,
 }
 

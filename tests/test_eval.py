@@ -284,7 +284,7 @@ def test_task_file_errors_name_file_and_line(tmp_path):
     with pytest.raises(TaskError, match=rf"{data}:2: missing field 'hypothesis'"):
         read_examples(task, str(data))
     data.write_text(json.dumps(good, ensure_ascii=False) + "\n\n{not json\n")
-    with pytest.raises(TaskError, match=rf"{data}:3: not valid JSON"):
+    with pytest.raises(TaskError, match=rf"{data}:3: invalid JSON"):
         read_examples(task, str(data))
     data.write_text(json.dumps({**good, "label": "maybe"}, ensure_ascii=False) + "\n")
     with pytest.raises(TaskError, match=rf"{data}:1: answer 'maybe' is not one of"):

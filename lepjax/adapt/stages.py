@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lepjax import files
 from lepjax.parallel import ProcessGroup
 
 log = logging.getLogger("lepjax.adapt")
@@ -88,7 +89,5 @@ class Stages:
         record["seconds"] = round(time.perf_counter() - t0, 1)
         record["settings"] = key
         path = self._path(name)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f, indent=2, ensure_ascii=False)
-        os.replace(path + ".tmp", path)
+        files.write_json(path, record, sort_keys=False)
         return record

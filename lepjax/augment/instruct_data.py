@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lepjax import files
 from lepjax.augment import shards
 from lepjax.data import records
 
@@ -88,5 +89,5 @@ def write_mixture(out: str, written: Mapping[str, dict], weights: Mapping[str, f
                "documents": {k: v["documents"] for k, v in written.items()},
                "weights": dict(weights), "epochs_per_source": epochs_per_source(tokens, weights),
                "data": data}
-    records.write_json_atomic(os.path.join(out, "mixture.json"), mixture)
+    files.write_json(os.path.join(out, "mixture.json"), mixture)
     return {"output_dir": out, **mixture, "complete": True}

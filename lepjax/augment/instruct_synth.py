@@ -12,10 +12,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from lepjax import files
 from lepjax.augment import shards
 from lepjax.augment import instruct_format as fmt
 from lepjax.augment.teacher_api import Part, Request, Special, Teacher, TeacherError
-from lepjax.data import records
 
 log = logging.getLogger("lepjax.augment.instruct_pt")
 
@@ -168,7 +168,7 @@ class ShardSynthesis:
             return {e["chain"]: e for e in json.load(f)["entries"]}
 
     def _save(self, r, active, info, outputs, errors) -> None:
-        records.write_json_atomic(self._path(r), {"entries": [
+        files.write_json(self._path(r), {"entries": [
             {"chain": c, "linked": info[k]["linked"], "output": outputs[k],
              "error": errors.get(k) if outputs[k] is None else None}
             for k, c in enumerate(active)]})

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lepjax import files
 from lepjax.augment import instruct_data, shards
 from lepjax.augment import instruct_format as fmt
 from lepjax.augment.instruct_synth import Budget, ShardSynthesis, plan_chains
@@ -76,9 +77,8 @@ def save_chosen(out: str, chosen: np.ndarray | None) -> None:
         if os.path.isfile(path):
             os.remove(path)
         return
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, chosen)
-    os.replace(tmp, path)
+    with files.atomic_file(path, "wb") as f:
+        np.save(f, chosen)
 
 
 def raw_start(chosen: np.ndarray, q: int) -> int:
@@ -141,7 +141,7 @@ def synth_shard(cfg: Any, out: str, index: int, spec: dict, fields: dict, get_te
     stats = {"texts": len(flat), "truncated": sum(e["truncated"] for e in flat),
              "pairs": sum(len(e["pairs"]) for e in flat),
              "without_pairs": sum(not e["pairs"] and e["output"] is not None for e in flat)}
-    records.write_json_atomic(shard.report_path(), {"failed": failed, "stats": stats})
+    files.write_json(shard.report_path(), {"failed": failed, "stats": stats})
     return {"sent": shard.sent, "failed": failed, "stats": stats}
 
 

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lepjax import files
 from lepjax.data import records, sources
 from lepjax.tokenizer import Tokenizer
 
@@ -210,9 +211,9 @@ def prepare_output(out: str, fingerprint: Mapping[str, Any],
             if teachers:
                 log.warning("%s was written by teacher %s; this run continues with %s (both are "
                             "listed in %s)", out, teachers[-1], dict(teacher), FINGERPRINT)
-            records.write_json_atomic(path, {**old, "teachers": teachers + [dict(teacher)]})
+            files.write_json(path, {**old, "teachers": teachers + [dict(teacher)]})
     else:
-        records.write_json_atomic(path, {"fingerprint": digest, "settings": dict(fingerprint),
+        files.write_json(path, {"fingerprint": digest, "settings": dict(fingerprint),
                                          "teachers": [dict(teacher)] if teacher else []})
     for d in dirs:
         records.remove_stale_temp_files(d)  # left by a killed run; finished shards are kept

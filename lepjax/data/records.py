@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from lepjax import files
+
 SCHEMA = "lepjax-records"
 SCHEMA_VERSION = 1
 MAGIC = b"LJ"
@@ -112,7 +114,7 @@ class ShardWriter:
         os.replace(self.tmp, self.path)
         info = {"records": self.records, "tokens": self.tokens, "max_tokens": self.max_tokens,
                 **extra}
-        write_json_atomic(self.path + ".json", info)
+        files.write_json(self.path + ".json", info)
         return info
 
 
@@ -129,16 +131,6 @@ def shard_complete(directory: str, index: int) -> dict[str, Any] | None:
         return None
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON to `path` through a temp file and a rename (never half-written)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def remove_stale_temp_files(directory: str) -> None:
     """Delete shard temp files a killed writer left in `directory`; finished shards are kept."""
     import re
@@ -151,7 +143,7 @@ def remove_stale_temp_files(directory: str) -> None:
 def write_metadata(directory: str, metadata: dict[str, Any]) -> str:
     """Write metadata.json atomically (it marks the dataset complete)."""
     path = os.path.join(directory, METADATA)
-    write_json_atomic(path, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **metadata})
+    files.write_json(path, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **metadata})
     return path
 
 

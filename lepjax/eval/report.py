@@ -15,6 +15,8 @@ import os
 import re
 from typing import Any
 
+from lepjax import files
+
 LM_METRICS = ("bits_per_byte", "bits_per_char", "perplexity")
 EFFICIENCY_METRICS = ("tokens_per_word", "chars_per_token", "tokens_per_sentence",
                       "ratio_to_english")
@@ -107,7 +109,7 @@ def chart(section: str, metric: str, groups: dict[str, dict[str, float]], labels
     ax.set_title(f"{SECTION_TITLES.get(section, section)}: {metric.replace('_', ' ')}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".partial.png"
+    tmp = files.temp_path(path, ".png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
@@ -124,9 +126,8 @@ def _writes() -> bool:
 def _atomic_text(path: str, text: str) -> str:
     if not _writes():
         return path
-    with open(path + ".partial", "w", encoding="utf-8") as f:
+    with files.atomic_file(path) as f:
         f.write(text)
-    os.replace(path + ".partial", path)
     return path
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from lepjax import files
+
 
 def default_config() -> ConfigDict:
     """The `lepjax generate` config.
@@ -89,12 +91,10 @@ def generate_file(cfg: ConfigDict) -> dict[str, Any]:
     outs = gen.generate(prompts, params, tokenizer=tok, progress=True)
     seconds = time.perf_counter() - start
     os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-    tmp = cfg.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with files.atomic_file(cfg.output) as f:
         for text, c in zip(texts, outs):
             f.write(json.dumps({"prompt": text, "completion": c.text, "tokens": c.tokens,
                                 "finish_reason": c.finish_reason}, ensure_ascii=False) + "\n")
-    os.replace(tmp, cfg.output)
     n = sum(len(c.tokens) for c in outs)
     return {"output": os.path.abspath(cfg.output), "prompts": len(outs), "new_tokens": n,
             "tokens_per_s": round(n / max(seconds, 1e-9), 1), "attention": gen.kernels}

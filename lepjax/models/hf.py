@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from lepjax import parallel
+from lepjax import files, parallel
 from lepjax.models import io
 from lepjax.models.config import Compute, ModelConfig
 from lepjax.models.safetensors_io import open_tensors, write_file
@@ -215,9 +215,7 @@ def save_hf(
             json.dump(c.to_hf(dtype), f, indent=2)
         if tokenizer_from:
             io.copy_tokenizer_files(tokenizer_from, tmp)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        files.commit_dir(tmp, path)
     return path
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from lepjax import parallel
+from lepjax import files, parallel
 from lepjax.models.config import Compute, ModelConfig
 from lepjax.models.transformer import Decoder
 
@@ -118,9 +118,7 @@ def save(model: Decoder, path: str, *, tokenizer_from: str | None = None, overwr
                        "model": model.config.to_dict()}, f, indent=2)
         if tokenizer_from:
             copy_tokenizer_files(tokenizer_from, tmp)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        files.commit_dir(tmp, path)
     return path
 
 

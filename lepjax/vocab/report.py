@@ -9,12 +9,12 @@ tasks (lepjax.data.engine), one per tokenizer and chunk of held-out text, summed
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from lepjax import files
 from lepjax.data.engine import Engine
 from lepjax.tokenizer import Tokenizer
 from lepjax.vocab.corpus import Chunk, chunk_batches, plan_chunks
@@ -118,7 +118,7 @@ def write_chart(rep: dict[str, Any], path: str) -> str:
         ax.set_title(measure.replace("_", " "))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".partial.png"
+    tmp = files.temp_path(path, ".png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
@@ -129,9 +129,7 @@ def write_report(rep: dict[str, Any], directory: str, chart: bool = True) -> lis
     """Write report.json (and report.png) into `directory`, each atomically."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "report.json")
-    with open(path + ".partial", "w", encoding="utf-8") as f:
-        json.dump(rep, f, indent=2, ensure_ascii=False)
-    os.replace(path + ".partial", path)
+    files.write_json(path, rep, sort_keys=False)
     out = [path]
     if chart:
         out.append(write_chart(rep, os.path.join(directory, "report.png")))
