@@ -31,7 +31,7 @@ def test_example_adapts_smollm2_to_russian(smollm2_dir, tmp_path):
     cmd = [sys.executable, "-m", "lepjax.cli", "adapt", f"--config={CONFIG}",
            f"--config.base={smollm2_dir}", f"--config.instruct={smollm2_dir}",
            f"--config.run_dir={run_dir}", *REDUCED]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(run_dir / "summary.json") as f:
         summary = json.load(f)
