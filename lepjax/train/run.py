@@ -32,7 +32,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from lepjax import config as config_lib
-from lepjax import models, parallel
+from lepjax import files, models, parallel
 from lepjax.train import lora as lora_lib
 from lepjax.train import params as P
 from lepjax.train.checkpoint import Checkpointer, restore_frozen
@@ -158,10 +158,7 @@ def open_run(run_dir: str, cfg: ConfigDict, setup: TrainSetup, settings: dict[st
     parallel.allgather_json(None)  # every process has checked before anything is written
     os.makedirs(run_dir, exist_ok=True)
     if not resumed and jax.process_index() == 0:
-        path = os.path.join(run_dir, RUN_SETTINGS)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=2, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        files.write_json(os.path.join(run_dir, RUN_SETTINGS), settings)
     config_lib.write_resolved(cfg, run_dir)
     write_meta(run_dir, setup, cfg.train.lora, cfg.model.path)
 
