@@ -69,7 +69,7 @@ status=0 killer=""
 while [ ${#running[@]} -gt 0 ]; do
   done_pid=""
   set +e; wait -n -p done_pid "${!running[@]}"; rc=$?; set -e
-  [ -n "$done_pid" ] || continue  # a trapped signal interrupted `wait`
+  [ -n "${done_pid:-}" ] || continue  # a trapped signal interrupted `wait`
   unset "running[$done_pid]"
   if [ "$rc" != 0 ] && [ "$status" = 0 ]; then
     status=$rc

@@ -9,10 +9,12 @@
 # The config is first validated here (`lepjax VERB --dry_run`), so a typo fails before any worker
 # is touched; --dry-run (or DRY_RUN=1) then prints the gcloud commands instead of running them.
 # Every worker runs the same command; jax.distributed finds the other workers from the TPU
-# environment. For several slices (multislice) set --config.mesh.dcn_data=<slices>.
+# environment. For several slices (multislice) set --config.mesh.dcn_data=<slices>. A Python error
+# on one worker stops `lepjax adapt` on all of them at once; a worker that dies outright is noticed
+# by jax.distributed's heartbeat (100 s), which then stops the others.
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 TPU="" ZONE="" PROJECT="" INSTALL=1 DRY=${DRY_RUN:-0}
 while [ $# -gt 0 ]; do
   case "$1" in
