@@ -199,7 +199,8 @@ def compile_train_step(cfg: Any, tgt: Target) -> dict[str, Any]:
     if tgt.platform == "gpu":
         report.update(device_kind=tgt.device_kind, memory_check=(
             "XLA reports no out-of-memory for GPU programs at compile time: fits compares "
-            "total_gib with the device memory of the target config"))
+            "total_gib with the device memory of the target config, of which JAX's allocator "
+            "takes 75% by default (XLA_PYTHON_CLIENT_MEM_FRACTION)"))
     try:
         with parallel.activation_sharding(mesh, rules):
             lowered = setup.train_step().lower(setup.state, setup.frozen, batch)

@@ -11,6 +11,12 @@ tokens / 262,144), LEP `conversion`. Reported Russian characters per token: 2.89
 extended vocabulary. The number of new tokens is not fixed by the paper (check): 10,000 here,
 merges after the original ones, `align` initialisation. Paths are overrides. Keys: lepjax.adapt
 (optim.*, train.*, data.*, mesh.* are `lepjax train`'s; extend.*, init.* are `lepjax vocab`'s).
+
+Memory per device of the train stage, measured with `lepjax compile --preset=llama3_8b` (README,
+"Will it fit?"): global batch 256 x 1,024, remat_policy full, FSDP over every device (mesh
+fsdp = device count), bfloat16 compute, float32 embeddings + LM head and their AdamW moments:
+v5e-256 5.27 GiB of 16, v5p-128 8.34 of 95, v4-32 21.79 of 32, 8xH100 32.12 of 80 (a
+hand-written H100 target config; XLA reports no GPU out-of-memory, the total is compared here).
 """
 
 from lepjax.adapt import default_config
