@@ -193,7 +193,8 @@ def compile_train_step(cfg: Any, tgt: Target) -> dict[str, Any]:
     report: dict[str, Any] = {
         "target": tgt.name, "platform": tgt.platform, "devices": len(tgt.devices),
         "mesh": dict(mesh.shape), "global_batch": cfg.data.batch_size,
-        "seq_len": cfg.data.seq_len, "remat_policy": cfg.model.remat_policy,
+        "seq_len": cfg.data.seq_len, "micro_batches": cfg.train.micro_batches,
+        "remat_policy": cfg.model.remat_policy,
         "attention": cfg.model.attention, "trainable": cfg.train.trainable,
         "num_params": setup.model.config.num_params, "hbm_gib": tgt.memory_gib}
     if tgt.platform == "gpu":
