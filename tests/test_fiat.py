@@ -182,3 +182,23 @@ def test_accuracy_and_token_f1_beside_exact_match():
 
     assert metrics.EXAMPLE_METRICS["exact_match"] is answers.exact_match
     assert metrics.EXAMPLE_METRICS["f1"] is answers.token_f1
+
+
+def test_fiat_infer_never_writes_onto_its_inputs_or_an_existing_output(tmp_path):
+    """Both refused before a teacher or a student is loaded, and nothing on disk changes."""
+    src = write_inputs(tmp_path / "in.jsonl", [{"input": "2+2?", "target": "4"}])
+    done = tmp_path / "pred.jsonl"
+    done.write_text('{"prediction": "4"}\n', encoding="utf-8")
+    prompt = tmp_path / "reasoning.txt"
+    prompt.write_text("Think.\nInput: {input}\n", encoding="utf-8")
+    before = {p: open(p, "rb").read() for p in (src, done)}
+    for output, match in [(src, "is one of fiat.inputs"),
+                          (done, "exists; set fiat.infer.overwrite")]:
+        cfg = config_lib.load(os.path.join(CONFIGS, "infer.py"), teacher_overrides(
+            "http://127.0.0.1:9") + [("fiat.inputs", src), ("fiat.reasoning_prompt", str(prompt)),
+                                     ("fiat.infer.student", str(tmp_path / "no-student")),
+                                     ("fiat.infer.output", str(output))])
+        with pytest.raises(shards.AugmentError, match=match):
+            fiat_infer.infer(cfg)
+    assert {p: open(p, "rb").read() for p in (src, done)} == before
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "pred.jsonl", "reasoning.txt"]

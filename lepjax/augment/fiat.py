@@ -67,7 +67,9 @@ def fiat_section() -> ConfigDict:
         tokenizer: the student's tokenizer ("" = fiat.tokenizer, else the student directory).
         output: predictions JSONL to write (rationales and predictions are appended to
           OUTPUT.rationales/shard-NNNNN.jsonl (one engine task per shard of records_per_shard
-          inputs) and OUTPUT.predictions.jsonl as they arrive; a rerun reuses them).
+          inputs) and OUTPUT.predictions.jsonl as they arrive; a rerun reuses them). An
+          existing OUTPUT is refused unless `overwrite`; one of fiat.inputs always is.
+        overwrite: replace an existing OUTPUT.
         max_new_tokens, stop: the student's answer length limit and stop strings (greedy).
         dtype, batch_size, length_bucket: how the student is decoded.
         lang: language of the normalisation of exact match and token F1 (English drops
@@ -79,7 +81,8 @@ def fiat_section() -> ConfigDict:
         max_new_tokens=256, stop=("\n\nInput:",), tokenizer="", add_bos=True, add_eos=True,
         output_dir="", records_per_shard=1000, on_error="fail", seq_len=2048, on_long="truncate",
         infer=dict(student="", tokenizer="", output="", max_new_tokens=64, stop=("\n",),
-                   dtype="bfloat16", batch_size=16, length_bucket=64, lang="en")))
+                   dtype="bfloat16", batch_size=16, length_bucket=64, lang="en",
+                   overwrite=False)))
 
 
 

@@ -222,6 +222,14 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = N
         raise shards.AugmentError("fiat.infer.output is not set (the predictions JSONL)")
     if fc.records_per_shard <= 0:
         raise shards.AugmentError("fiat.records_per_shard must be positive")
+    out_path = os.path.abspath(ic.output)
+    if os.path.realpath(out_path) in {os.path.realpath(p) for p in
+                                      shards.input_files(fc.inputs, "fiat.inputs")}:
+        raise shards.AugmentError(f"fiat.infer.output {out_path} is one of fiat.inputs: "
+                                  "choose another file")
+    if os.path.exists(out_path) and not ic.overwrite:
+        raise shards.AugmentError(f"fiat.infer.output {out_path} exists; set "
+                                  "fiat.infer.overwrite=true to replace it")
     fiat.load_reasoning_prompt(fc.reasoning_prompt)
     fiat.student_prompt(fc, "x", "r")
     _, _, plan = shards.plan_jsonl(fc.inputs, _fields(fc), fc.records_per_shard,
@@ -229,7 +237,6 @@ def infer(cfg: Any, *, teacher: Teacher | None = None, progress: bool | None = N
     examples = fiat.read_examples(fc, need_target=False)
     mesh, rules = parallel.mesh_from_config(cfg.mesh) if "mesh" in cfg else (None, None)
     start = time.perf_counter()
-    out_path = os.path.abspath(ic.output)
     rationales_dir = out_path + ".rationales"
     rationales, counts = _rationales(cfg, examples, plan, rationales_dir, teacher, progress)
     teacher = None  # a local teacher's weights can go before the student loads

@@ -57,7 +57,8 @@ def _decode(raw: bytes, path: str, n: int) -> str:
                            f"{raw[e.start:e.start + 4]!r}") from None
 
 
-def _input_files(inputs: Sequence[str] | str, what: str) -> list[str]:
+def input_files(inputs: Sequence[str] | str, what: str) -> list[str]:
+    """The absolute paths of JSONL `inputs` (files, globs, directories; `what` names the key)."""
     if isinstance(inputs, str):
         inputs = [p for p in inputs.split(",") if p.strip()]
     if not inputs:
@@ -74,7 +75,7 @@ def read_jsonl_records(inputs: Sequence[str], fields: Mapping[str, str],
     """
     optional = set(optional)
     out: list[dict[str, str]] = []
-    for path in _input_files(inputs, what):
+    for path in input_files(inputs, what):
         for n, obj in sources.jsonl_objects(path, AugmentError):
             out.append(_record(path, n, obj, fields, optional))
     if not out:
@@ -95,7 +96,7 @@ def plan_jsonl(inputs: Sequence[str] | str, fields: Mapping[str, str], per_shard
     digest = hashlib.sha256()
     plan: list[list[list]] = []
     count = 0
-    for path in _input_files(inputs, what):
+    for path in input_files(inputs, what):
         with open(path, "rb") as f:
             pos, n, piece = 0, 0, None
             for raw in f:
