@@ -43,6 +43,7 @@ from lepjax.adapt.demo import build_demo_family, demo_section
 from lepjax.adapt.runs import (TRAIN_SECTIONS, Preempted, prepare_data, run_training,
                                train_config)
 from lepjax.adapt.stages import Stages
+from lepjax.parallel import ProcessGroup, mesh_from_config
 
 log = logging.getLogger("lepjax.adapt")
 
@@ -160,6 +161,9 @@ def validate_config(cfg: ConfigDict) -> None:
             raise config_lib.ConfigError(
                 f"config key {key!r} is set by the adapt pipeline ({what}); leave it unset")
     config_lib.check_choice("export.format", cfg.export.format, EXPORT_FORMATS)
+    if not cfg.sync_timeout_s > 0:
+        raise config_lib.ConfigError(f"sync_timeout_s must be positive (seconds), got "
+                                     f"{cfg.sync_timeout_s!r}")
     if cfg.demo.enabled:
         from lepjax.models import PRESETS
 
@@ -227,8 +231,6 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
     Every process of a multi-process job runs this with the same config; see the module
     docstring for which stage runs where. A failure on any process stops them all.
     """
-    from lepjax.parallel import ProcessGroup
-
     validate_config(cfg)
     group = ProcessGroup("adapt", cfg.sync_timeout_s)
     with group.failing_together():
@@ -240,9 +242,8 @@ def adapt(cfg: ConfigDict) -> dict[str, Any]:
             return {"run_dir": os.path.abspath(cfg.run_dir), "preempted": str(e)}
 
 
-def _run_stages(cfg: ConfigDict, group: Any) -> dict[str, Any]:
+def _run_stages(cfg: ConfigDict, group: ProcessGroup) -> dict[str, Any]:
     from lepjax.lep.propagate import propagate
-    from lepjax.parallel import mesh_from_config
     from lepjax.train.run import export_run
     from lepjax.vocab import extend, init_embeddings, load_vocab, save_tokenizer
 
