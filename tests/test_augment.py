@@ -320,12 +320,16 @@ def test_fiat_infer_keeps_the_teachers_rationales_when_some_inputs_fail(
                               ("fiat.infer.max_new_tokens", "4")])
     with pytest.raises(shards.AugmentError, match=r"input 2 \(in.jsonl:3\).*kept in"):
         infer(cfg, teacher=Counting(), progress=False)
-    cache = tmp_path / "preds.jsonl.rationales.jsonl"
-    assert len(cache.read_text(encoding="utf-8").splitlines()) == 3 and not preds.exists()
+    cache = tmp_path / "preds.jsonl.rationales"  # one JSONL per shard of inputs
+    kept = [line for f in sorted(cache.iterdir()) if f.suffix == ".jsonl"
+            for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # Inputs 0 and 1 (shard 0, with the failing input 2) are kept; the run stopped before
+    # shard 1 (input 3).
+    assert sorted(json.loads(line)["index"] for line in kept) == [0, 1] and not preds.exists()
     write("Вопрос 2: короткий?")
     counting = Counting()
     infer(cfg, teacher=counting, progress=False)
-    assert counting.sent == 1  # only the input that had failed goes to the teacher again
+    assert counting.sent == 2  # only the inputs without a rationale go to the teacher again
     assert len(preds.read_text(encoding="utf-8").splitlines()) == 4 and not cache.exists()
 
 
