@@ -89,9 +89,11 @@ def synthesis_peak(tmp_path, url, num_texts):
                 "synth.context_tokens": 512, "synth.chains_per_shard": 64,
                 "synth.records_per_shard": 1000, "synth.weights.raw": 1.0,
                 "synth.output_dir": str(tmp_path / f"out{num_texts}")}
-    # One tokenizer thread: a thread pool grows per-thread arenas (then stays), which would blur
-    # the comparison, and the machine running the tests is shared.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+    # One tokenizer thread and two malloc arenas: glibc gives each thread that allocates while
+    # another holds the lock an arena of its own (kept, then partly resident), so on a loaded
+    # machine the request threads' timing, not the corpus, would set the peak.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false",
+           "MALLOC_ARENA_MAX": "2"}
     done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(settings)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -109,7 +111,6 @@ def synthesis_peak(tmp_path, url, num_texts):
 PEAK_MIB, GROWTH_MIB = 400, 4
 
 
-@pytest.mark.xfail(strict=False, reason='RSS bound exceeded when run beside other xdist workers; passes alone')
 def test_instruct_pt_memory_is_bounded_by_a_shard_not_the_corpus(tmp_path):
     reply = " <QUE> What is it about? <ANS> A river. </END>"
     with FakeServer(lambda prompt: reply) as server:
