@@ -195,22 +195,34 @@ def _process_index() -> int:
     return int(distributed.global_state.process_id or 0)
 
 
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
 def write_resolved(cfg: ConfigDict | dict, directory: str, name: str = RESOLVED_CONFIG) -> str:
     """Write the resolved config as JSON into `directory` (process 0 only); returns the path.
 
     A config already recorded there is never replaced: a launch with a different config is
     kept beside it as `resolved_config.<n>.json` (n = 1, 2, ...); the same config is not written
-    twice.
+    twice. A record that a library wrote at the start of its run (no "command") is completed
+    with the command line when the CLI records the same config after it.
     """
     data = to_dict(cfg) if isinstance(cfg, ConfigDict) else cfg
     blob = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    bare = {k: v for k, v in data.items() if k != "command"}
     stem, ext = os.path.splitext(name)
     path = os.path.join(directory, name)
     n = 0
     while os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            if f.read() == blob:
-                return path
+            text = f.read()
+        if text == blob:
+            return path
+        if "command" in data and _json_or_none(text) == bare:  # the same launch, with its command
+            break
         n += 1
         path = os.path.join(directory, f"{stem}.{n}{ext}")
     if _process_index() == 0:

@@ -195,3 +195,20 @@ def test_check_choice_names_the_key_and_the_closest_values():
     with pytest.raises(config_lib.ConfigError,
                        match=r"'optim.schedule' = 'cosin'.*did you mean 'cosine'"):
         config_lib.check_choice("optim.schedule", "cosin", ("cosine", "linear", "constant"))
+
+
+def test_resolved_configs_are_kept_per_launch_and_completed_with_the_command(tmp_path):
+    """A run's own start-of-run record is completed with the CLI's command (one file per
+    launch); a launch under another config is kept beside it; nothing is ever lost."""
+    from lepjax.config import write_resolved
+
+    first = write_resolved({"train": {"steps": 3}}, str(tmp_path))
+    assert write_resolved({"command": "lepjax train a", "train": {"steps": 3}},
+                          str(tmp_path)) == first
+    assert json.load(open(first)) == {"command": "lepjax train a", "train": {"steps": 3}}
+    second = write_resolved({"train": {"steps": 5}}, str(tmp_path))
+    write_resolved({"command": "lepjax train b", "train": {"steps": 5}}, str(tmp_path))
+    assert os.path.basename(second) == "resolved_config.1.json"
+    assert sorted(os.listdir(tmp_path)) == ["resolved_config.1.json", "resolved_config.json"]
+    assert json.load(open(second))["command"] == "lepjax train b"
+    assert json.load(open(first))["command"] == "lepjax train a"
