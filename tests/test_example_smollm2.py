@@ -4,6 +4,9 @@
 session fixture `smollm2_dir`: the example's own stages and settings, with the training, the
 evaluation and the vocabulary shrunk by overrides so the run fits CI. The instruct model is its
 own base (the example's docstring), so LEP's conversion map must be the identity.
+
+Cost, measured: 1.9 CPU-minutes (95 s user + 18 s system, the subprocess included), 5 min wall on
+the 2-core machine while other jobs shared it (13 min wall at load ~25).
 """
 
 from __future__ import annotations
