@@ -393,7 +393,8 @@ def test_generate_chat_renders_prompts_and_messages(chat_server, instruct, check
                                                        "temperature": 0})
     assert rows[0]["completion"] == r["choices"][0]["message"]["content"]
     capsys.readouterr()
-    assert main(["generate", f"--config.model.path={checkpoint}", *common]) == 1
+    assert main(["generate", f"--config.model.path={checkpoint}", *common,
+                 "--config.overwrite=True"]) == 1
     assert "has no chat template" in capsys.readouterr().err
 
 

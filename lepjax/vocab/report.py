@@ -104,17 +104,17 @@ def write_chart(rep: dict[str, Any], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = list(rep["results"])
+    inputs = list(rep["results"])
     labels = list(rep["tokenizers"])
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.6))
     width = 0.8 / max(len(labels), 1)
     for ax, measure in zip(axes, MEASURES):
         for j, label in enumerate(labels):
-            values = [rep["results"][f][label][measure] for f in files]
-            xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(files))]
+            values = [rep["results"][f][label][measure] for f in inputs]
+            xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(inputs))]
             bars = ax.bar(xs, values, width, label=label)
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.set_xticks(range(len(files)), files, fontsize=8)
+        ax.set_xticks(range(len(inputs)), inputs, fontsize=8)
         ax.set_title(measure.replace("_", " "))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
