@@ -229,9 +229,8 @@ def train(cfg: ConfigDict) -> dict[str, Any]:
                         best = {"step": step, **result}
                         _write_best(run_dir, best)
                 preempted = parallel.any_process(preempt.requested) or ckpt.reached_preemption(step)
-                if ckpt.latest_step() == step:
-                    pass  # saved as the best so far
-                elif (tc.save_every and step % tc.save_every == 0) or preempted:
+                due = (tc.save_every and step % tc.save_every == 0) or preempted
+                if due and ckpt.latest_step() != step:  # not already saved as the best
                     ckpt.save(step, setup.state, _data_state(loader), wait=preempted)
                 if preempted:
                     log.warning("stopped at step %d for preemption; rerun to resume", step)
